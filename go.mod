@@ -1,0 +1,3 @@
+module github.com/cairn-db/cairn
+
+go 1.26
