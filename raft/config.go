@@ -1,0 +1,102 @@
+package raft
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+)
+
+// Config configures a RawNode. Zero values of optional fields get the
+// defaults named in their comments.
+type Config struct {
+	// ID identifies this node; it must be non-zero and unique in the
+	// cluster.
+	ID uint64
+	// ElectionTick is the number of Ticks a follower waits without hearing
+	// from a leader before it campaigns. Each wait is randomized in
+	// [ElectionTick, 2*ElectionTick) (§5.2). Default 10.
+	ElectionTick int
+	// HeartbeatTick is the number of Ticks between leader heartbeats; it
+	// must be smaller than ElectionTick. Default 1.
+	HeartbeatTick int
+	// Storage is the durable log as the driver has persisted it.
+	Storage Storage
+	// Applied is the last index the application has applied, when
+	// restarting; entries up to it are not handed out again.
+	Applied uint64
+	// MaxSizePerMsg bounds the entry bytes in one append. Default 1 MiB.
+	MaxSizePerMsg uint64
+	// MaxInflightMsgs bounds the appends sent to one follower and not yet
+	// acknowledged. Default 256.
+	MaxInflightMsgs int
+	// MaxInflightBytes bounds the entry bytes in flight to one follower.
+	// Default 32 MiB; set to a negative-free huge value to disable.
+	MaxInflightBytes uint64
+	// MaxCommittedSizePerReady bounds the committed entry bytes handed out
+	// in one Ready. Default 64 MiB.
+	MaxCommittedSizePerReady uint64
+	// PreVote enables the pre-vote phase (thesis §9.6): a node first asks
+	// whether it could win before disrupting the cluster with a new term.
+	PreVote bool
+	// CheckQuorum makes a leader step down when it has not heard from a
+	// majority within an election timeout, and makes followers ignore
+	// vote requests while they believe a leader is alive (thesis §6.2).
+	CheckQuorum bool
+	// Rand supplies election jitter. Pass a seeded source for
+	// reproducible runs. Default: a PCG seeded from ID.
+	Rand *rand.Rand
+	// Logger receives protocol events. Default: discard.
+	Logger *slog.Logger
+}
+
+// ErrInvalidConfig is wrapped by the errors Config.Validate returns.
+var ErrInvalidConfig = errors.New("raft: invalid config")
+
+// Validate checks c and fills in defaults.
+func (c *Config) Validate() error {
+	if c.ID == None {
+		return fmt.Errorf("%w: ID must not be 0", ErrInvalidConfig)
+	}
+	if c.ElectionTick == 0 {
+		c.ElectionTick = 10
+	}
+	if c.HeartbeatTick == 0 {
+		c.HeartbeatTick = 1
+	}
+	if c.HeartbeatTick < 0 || c.ElectionTick < 0 {
+		return fmt.Errorf("%w: tick counts must be positive", ErrInvalidConfig)
+	}
+	if c.ElectionTick <= c.HeartbeatTick {
+		return fmt.Errorf("%w: ElectionTick (%d) must be greater than HeartbeatTick (%d)", ErrInvalidConfig, c.ElectionTick, c.HeartbeatTick)
+	}
+	if c.Storage == nil {
+		return fmt.Errorf("%w: Storage must not be nil", ErrInvalidConfig)
+	}
+	if c.MaxSizePerMsg == 0 {
+		c.MaxSizePerMsg = 1 << 20
+	}
+	if c.MaxInflightMsgs == 0 {
+		c.MaxInflightMsgs = 256
+	}
+	if c.MaxInflightMsgs < 0 {
+		return fmt.Errorf("%w: MaxInflightMsgs must be positive", ErrInvalidConfig)
+	}
+	if c.MaxInflightBytes == 0 {
+		c.MaxInflightBytes = 32 << 20
+	}
+	if c.MaxInflightBytes < c.MaxSizePerMsg {
+		return fmt.Errorf("%w: MaxInflightBytes (%d) must be at least MaxSizePerMsg (%d)", ErrInvalidConfig, c.MaxInflightBytes, c.MaxSizePerMsg)
+	}
+	if c.MaxCommittedSizePerReady == 0 {
+		c.MaxCommittedSizePerReady = 64 << 20
+	}
+	if c.Rand == nil {
+		c.Rand = rand.New(rand.NewPCG(c.ID, 0x9e3779b97f4a7c15))
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return nil
+}

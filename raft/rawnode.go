@@ -1,0 +1,329 @@
+package raft
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+)
+
+// Ready is a batch of work the core hands to its driver. The field comments
+// are the contract; see also the package documentation.
+type Ready struct {
+	// SoftState is non-nil when the leader or role changed.
+	*SoftState
+	// HardState must be persisted before PersistedMessages are sent. It is
+	// empty when unchanged.
+	HardState HardState
+	// ReadStates answer ReadIndex requests; serve each once the state
+	// machine has applied ReadState.Index.
+	ReadStates []ReadState
+	// Entries must be appended to durable storage (truncating any stored
+	// entries at or after Entries[0].Index) before PersistedMessages are
+	// sent.
+	Entries []Entry
+	// Snapshot, if non-nil, must be persisted and installed into the state
+	// machine; the log before it is discarded.
+	Snapshot *Snapshot
+	// CommittedEntries must be applied to the state machine, in order.
+	// They may include entries from Entries in this same Ready: apply
+	// after persisting.
+	CommittedEntries []Entry
+	// Messages may be sent at once, before or while persisting: nothing
+	// in them depends on this Ready's durable state.
+	Messages []Message
+	// PersistedMessages may be sent only after HardState, Entries and
+	// Snapshot are durable: they are votes and append acknowledgements.
+	PersistedMessages []Message
+	// MustSync says whether persisting needs an fsync (new entries, or a
+	// changed term or vote). A commit-index-only change need not sync: it
+	// can be recomputed after a crash.
+	MustSync bool
+}
+
+// RawNode is the single-threaded Raft core. Its methods must not be called
+// concurrently. Between Ready and Advance the caller must not call any
+// other method: the core assumes a Ready is fully handled (persisted,
+// sent, applied) before it processes more input.
+type RawNode struct {
+	r         *raft
+	prevSoft  SoftState
+	prevHard  HardState
+	readyOpen bool
+}
+
+// NewRawNode returns a core whose state is loaded from c.Storage.
+func NewRawNode(c *Config) (*RawNode, error) {
+	r, err := newRaft(c)
+	if err != nil {
+		return nil, err
+	}
+	return &RawNode{r: r, prevSoft: r.softState(), prevHard: r.hardState()}, nil
+}
+
+// ErrBootstrapped is returned by Bootstrap on a node that has state.
+var ErrBootstrapped = errors.New("raft: node already has state; cannot bootstrap")
+
+// Bootstrap creates the initial membership of a new cluster: entries 1..n
+// in term 1 add each voter. Every initial member must be bootstrapped with
+// the same list, so their logs agree. Nodes that join an existing cluster
+// later are not bootstrapped; they learn the log from the leader.
+func (rn *RawNode) Bootstrap(voters []uint64) error {
+	r := rn.r
+	if r.log.lastIndex() != 0 || r.term != 0 || len(r.trk.voters) != 0 {
+		return ErrBootstrapped
+	}
+	if len(voters) == 0 {
+		return fmt.Errorf("%w: bootstrap needs at least one voter", ErrInvalidConfig)
+	}
+	ids := slices.Clone(voters)
+	slices.Sort(ids)
+	ids = slices.Compact(ids)
+	ents := make([]Entry, len(ids))
+	for i, id := range ids {
+		if id == None {
+			return fmt.Errorf("%w: voter ID 0", ErrInvalidConfig)
+		}
+		cc := ConfChange{Type: ConfChangeAddVoter, NodeID: id}
+		ents[i] = Entry{Term: 1, Index: uint64(i + 1), Type: EntryConfChange, Data: cc.Marshal()}
+	}
+	r.log.append(ents...)
+	r.log.commitTo(uint64(len(ents)))
+	r.becomeFollower(1, None)
+	// Apply the membership now so the node can campaign once the entries
+	// are durable; applying them again from CommittedEntries is a no-op.
+	for _, id := range ids {
+		r.applyConfChange(ConfChange{Type: ConfChangeAddVoter, NodeID: id})
+	}
+	return nil
+}
+
+// Tick advances the logical clock by one tick.
+func (rn *RawNode) Tick() {
+	rn.mustBeClosed()
+	rn.r.tick()
+}
+
+// Campaign starts an election now (with pre-vote if enabled).
+func (rn *RawNode) Campaign() error {
+	rn.mustBeClosed()
+	return rn.r.Step(Message{Type: MsgHup})
+}
+
+// Propose appends data to the log if this node is the leader and returns
+// the entry's index and term. Otherwise it returns a *NotLeaderError that
+// names the leader, if known; the caller forwards the request there.
+func (rn *RawNode) Propose(data []byte) (index, term uint64, err error) {
+	return rn.propose(Entry{Type: EntryNormal, Data: data})
+}
+
+// ProposeConfChange proposes a membership change. Only one may be in
+// flight: ErrConfChangePending until the previous one is applied.
+func (rn *RawNode) ProposeConfChange(cc ConfChange) (index, term uint64, err error) {
+	return rn.propose(Entry{Type: EntryConfChange, Data: cc.Marshal()})
+}
+
+func (rn *RawNode) propose(e Entry) (uint64, uint64, error) {
+	rn.mustBeClosed()
+	r := rn.r
+	if r.state != StateLeader {
+		return 0, 0, &NotLeaderError{Leader: r.lead}
+	}
+	if err := r.Step(Message{Type: MsgProp, From: r.id, Entries: []Entry{e}}); err != nil {
+		return 0, 0, err
+	}
+	return r.log.lastIndex(), r.term, nil
+}
+
+// ReadIndex requests a linearizable read point. rctx identifies the
+// request and must be unique among outstanding requests; the answer comes
+// back as a ReadState with the same RequestCtx in a later Ready. A
+// follower asks its leader. If no answer comes (the leader was deposed,
+// messages were lost), the caller times out and retries.
+func (rn *RawNode) ReadIndex(rctx []byte) error {
+	rn.mustBeClosed()
+	return rn.r.Step(Message{Type: MsgReadIndex, Context: slices.Clone(rctx)})
+}
+
+// TransferLeadership asks the leader to hand leadership to transferee.
+func (rn *RawNode) TransferLeadership(transferee uint64) error {
+	rn.mustBeClosed()
+	return rn.r.Step(Message{Type: MsgTransferLeader, From: transferee})
+}
+
+// Step delivers a message from a peer.
+func (rn *RawNode) Step(m Message) error {
+	rn.mustBeClosed()
+	if m.Type.IsLocal() {
+		return fmt.Errorf("raft: refusing local message type %s from the network", m.Type)
+	}
+	if m.Type == MsgSnap && m.Snapshot == nil {
+		return fmt.Errorf("raft: MsgSnap without a snapshot")
+	}
+	if pr := rn.r.trk.progress[m.From]; pr != nil || !m.Type.IsResponse() {
+		return rn.r.Step(m)
+	}
+	// A response from a node that is no longer a member: ignore it.
+	return nil
+}
+
+// ReportUnreachable tells the core that a message to id could not be
+// delivered, so the leader should stop streaming appends to it.
+func (rn *RawNode) ReportUnreachable(id uint64) {
+	rn.mustBeClosed()
+	_ = rn.r.Step(Message{Type: MsgUnreachable, From: id})
+}
+
+// ReportSnapshot tells the leader whether sending a snapshot to id
+// succeeded.
+func (rn *RawNode) ReportSnapshot(id uint64, ok bool) {
+	rn.mustBeClosed()
+	_ = rn.r.Step(Message{Type: MsgSnapStatus, From: id, Reject: !ok})
+}
+
+func (rn *RawNode) mustBeClosed() {
+	if rn.readyOpen {
+		panic("raft: RawNode used between Ready and Advance")
+	}
+}
+
+// HasReady reports whether Ready would return anything.
+func (rn *RawNode) HasReady() bool {
+	r := rn.r
+	if r.softState() != rn.prevSoft {
+		return true
+	}
+	if hs := r.hardState(); hs != rn.prevHard {
+		return true
+	}
+	if r.log.unstable.snapshot != nil || len(r.log.unstable.entries) > 0 {
+		return true
+	}
+	if len(r.msgs) > 0 || len(r.msgsAfterPersist) > 0 || len(r.readStates) > 0 {
+		return true
+	}
+	return r.log.hasNextCommittedEnts()
+}
+
+// Ready returns the pending batch of work. The caller must handle it and
+// call Advance before using the RawNode again.
+func (rn *RawNode) Ready() Ready {
+	rn.mustBeClosed()
+	r := rn.r
+	rd := Ready{
+		Entries:           r.log.unstable.entries,
+		CommittedEntries:  r.log.nextCommittedEnts(),
+		Messages:          r.msgs,
+		PersistedMessages: r.msgsAfterPersist,
+		ReadStates:        r.readStates,
+	}
+	if ss := r.softState(); ss != rn.prevSoft {
+		rd.SoftState = &ss
+	}
+	if hs := r.hardState(); hs != rn.prevHard {
+		rd.HardState = hs
+	}
+	if s := r.log.unstable.snapshot; s != nil {
+		snap := *s
+		rd.Snapshot = &snap
+	}
+	rd.MustSync = len(rd.Entries) > 0 || rd.Snapshot != nil ||
+		rd.HardState.Term != rn.prevHard.Term || rd.HardState.Vote != rn.prevHard.Vote
+	if rd.HardState.IsEmpty() {
+		rd.MustSync = len(rd.Entries) > 0 || rd.Snapshot != nil
+	}
+	r.msgs = nil
+	r.msgsAfterPersist = nil
+	r.readStates = nil
+	rn.readyOpen = true
+	return rd
+}
+
+// Advance tells the core that rd has been handled: persisted, sent and
+// applied.
+func (rn *RawNode) Advance(rd Ready) {
+	if !rn.readyOpen {
+		panic("raft: Advance without Ready")
+	}
+	rn.readyOpen = false
+	r := rn.r
+	if rd.SoftState != nil {
+		rn.prevSoft = *rd.SoftState
+	}
+	if !rd.HardState.IsEmpty() {
+		rn.prevHard = rd.HardState
+	}
+	if rd.Snapshot != nil {
+		r.log.unstable.stableSnapTo(rd.Snapshot.Meta.Index)
+		if rd.Snapshot.Meta.Index > r.log.applied {
+			r.log.applied = rd.Snapshot.Meta.Index
+		}
+	}
+	if n := len(rd.Entries); n > 0 {
+		last := rd.Entries[n-1]
+		r.log.unstable.stableTo(last.Index, last.Term)
+	}
+	if n := len(rd.CommittedEntries); n > 0 {
+		for _, e := range rd.CommittedEntries {
+			if e.Type != EntryConfChange {
+				continue
+			}
+			cc, err := UnmarshalConfChange(e.Data)
+			if err != nil {
+				r.logger.Error("raft: undecodable membership change; ignoring", "index", e.Index, "err", err)
+				continue
+			}
+			r.applyConfChange(cc)
+		}
+		r.log.appliedTo(rd.CommittedEntries[n-1].Index)
+	}
+	// Now that our own entries are durable the leader counts itself.
+	if r.state == StateLeader {
+		if pr := r.trk.progress[r.id]; pr != nil && pr.maybeUpdate(r.log.lastStableIndex()) {
+			if r.maybeCommit() {
+				r.releasePendingReadIndexMessages()
+				r.bcastAppend()
+			}
+		}
+	}
+	// A single-voter leader confirms reads by itself.
+}
+
+// ConfState returns the membership as of the last applied entry; a
+// snapshot taken at Status().Applied must carry it.
+func (rn *RawNode) ConfState() ConfState { return rn.r.trk.confState() }
+
+// Status describes the node.
+type Status struct {
+	ID uint64
+	HardState
+	SoftState
+	Applied        uint64
+	LastIndex      uint64
+	LeadTransferee uint64
+	Config         ConfState
+	// Progress is set on the leader only.
+	Progress map[uint64]Progress
+}
+
+// Status returns a copy of the node's state.
+func (rn *RawNode) Status() Status {
+	r := rn.r
+	s := Status{
+		ID:             r.id,
+		HardState:      r.hardState(),
+		SoftState:      r.softState(),
+		Applied:        r.log.applied,
+		LastIndex:      r.log.lastIndex(),
+		LeadTransferee: r.leadTransferee,
+		Config:         r.trk.confState(),
+	}
+	if r.state == StateLeader {
+		s.Progress = make(map[uint64]Progress, len(r.trk.progress))
+		for id, pr := range r.trk.progress {
+			p := *pr
+			p.inflights = inflights{}
+			s.Progress[id] = p
+		}
+	}
+	return s
+}
