@@ -1,0 +1,397 @@
+package wal
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// ErrClosed is returned by operations on a closed WAL.
+var ErrClosed = errors.New("wal: closed")
+
+// DefaultSegmentSize is the size at which a segment is closed and a new one
+// begun when Options.SegmentSize is zero.
+const DefaultSegmentSize = 64 << 20
+
+// flushThreshold bounds the bytes Append buffers before handing them to
+// the file, so a huge unsynced batch does not sit in memory twice.
+const flushThreshold = 1 << 20
+
+// Options configures a WAL. The zero value is usable.
+type Options struct {
+	// SegmentSize is the size after which the next Append starts a new
+	// segment. Zero means DefaultSegmentSize. A batch passed to one Append
+	// call is never split across segments.
+	SegmentSize int64
+	// Logger receives warnings, such as a torn tail being truncated.
+	// Nil discards them.
+	Logger *slog.Logger
+	// SegmentHeader, if set, is called whenever a new segment is begun and
+	// its records are written at the start of the segment. A user that
+	// keeps state in records which may be superseded only rarely (a hard
+	// state, a snapshot marker) repeats that state here, so it survives
+	// when ReleaseTo deletes the segment that first held it. It is called
+	// with the WAL's lock held and must not call back into the WAL.
+	SegmentHeader func() []Record
+}
+
+func (o Options) withDefaults() Options {
+	if o.SegmentSize <= 0 {
+		o.SegmentSize = DefaultSegmentSize
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return o
+}
+
+// Stats describes a WAL's recovery and activity since Open.
+type Stats struct {
+	Segments  int    // segment files currently held
+	Recovered uint64 // records read by Open
+	Appended  uint64 // records appended since Open
+	Syncs     uint64 // segment fsyncs since Open
+	// TornFile and TornOffset locate the torn tail Open truncated, and
+	// TornBytes is how many bytes it removed; all zero if none.
+	TornFile   string
+	TornOffset int64
+	TornBytes  int64
+}
+
+// WAL is a segmented write-ahead log. Append buffers records; Sync makes
+// every record appended so far durable with one fsync, so a caller that
+// batches its records (group commit) pays one fsync per batch. A WAL is
+// safe for concurrent use. After a write or fsync error every operation
+// returns that error: once fsync has failed, the kernel may have dropped
+// the dirty pages, so retrying could report success for lost data.
+type WAL struct {
+	mu   sync.Mutex
+	fs   FS
+	dir  string
+	opts Options
+	log  *slog.Logger
+
+	segs     []segment // oldest first; the last is being written
+	f        File      // the last segment, open for append
+	size     int64     // bytes in the last segment, buffered ones included
+	buf      []byte    // bytes appended but not yet written to f
+	dirty    bool      // bytes written to f since its last fsync
+	maxIndex uint64    // highest Record.Index ever appended or recovered
+	err      error     // sticky write error
+	closed   bool
+	stats    Stats
+}
+
+type segment struct{ seq, first uint64 }
+
+func (s segment) name() string { return fmt.Sprintf("%016x-%016x.wal", s.seq, s.first) }
+
+// parseSegmentName parses "<seq>-<first>.wal", both 16 hex digits.
+func parseSegmentName(name string) (segment, bool) {
+	base, ok := strings.CutSuffix(name, ".wal")
+	if !ok || len(base) != 33 || base[16] != '-' {
+		return segment{}, false
+	}
+	seq, err1 := strconv.ParseUint(base[:16], 16, 64)
+	first, err2 := strconv.ParseUint(base[17:], 16, 64)
+	if err1 != nil || err2 != nil {
+		return segment{}, false
+	}
+	return segment{seq, first}, true
+}
+
+func (w *WAL) path(s segment) string { return filepath.Join(w.dir, s.name()) }
+
+// Open opens the WAL in dir, creating it if it holds no segments, and
+// passes every recovered record, oldest first, to replay (which may be
+// nil). If replay returns an error, Open stops and returns it.
+//
+// A torn or garbage record at the end of the last segment is truncated
+// away with a warning. Any other bad record makes Open fail with an error
+// wrapping ErrCorrupt that names the file and byte offset.
+func Open(fsys FS, dir string, opts Options, replay func(Record) error) (*WAL, error) {
+	opts = opts.withDefaults()
+	w := &WAL{fs: fsys, dir: dir, opts: opts, log: opts.Logger}
+	if err := fsys.MkdirAll(dir); err != nil {
+		return nil, fmt.Errorf("wal: create %s: %w", dir, err)
+	}
+	names, err := fsys.List(dir)
+	if err != nil {
+		return nil, fmt.Errorf("wal: list %s: %w", dir, err)
+	}
+	for _, n := range names {
+		if s, ok := parseSegmentName(n); ok {
+			w.segs = append(w.segs, s)
+		}
+	}
+	sort.Slice(w.segs, func(i, j int) bool { return w.segs[i].seq < w.segs[j].seq })
+	for i := 1; i < len(w.segs); i++ {
+		// ReleaseTo only ever removes the oldest segments, so a hole in
+		// the sequence means a segment was lost.
+		if w.segs[i].seq != w.segs[i-1].seq+1 || w.segs[i].first < w.segs[i-1].first {
+			return nil, fmt.Errorf("%w: segment %s does not follow %s", ErrCorrupt, w.segs[i].name(), w.segs[i-1].name())
+		}
+	}
+	if len(w.segs) == 0 {
+		if err := w.createSegment(segment{seq: 1, first: 1}); err != nil {
+			return nil, err
+		}
+		w.stats.Segments = 1
+		return w, nil
+	}
+	for i, s := range w.segs {
+		if err := w.recoverSegment(s, i == len(w.segs)-1, replay); err != nil {
+			return nil, err
+		}
+	}
+	last := w.segs[len(w.segs)-1]
+	w.maxIndex = max(w.maxIndex, last.first-1)
+	f, err := fsys.OpenAppend(w.path(last))
+	if err != nil {
+		return nil, fmt.Errorf("wal: open %s: %w", w.path(last), err)
+	}
+	w.f = f
+	if w.stats.TornBytes > 0 {
+		// Make the truncation durable before appending after it, so a
+		// crash cannot resurrect the garbage between old and new records.
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("wal: sync %s: %w", w.path(last), err)
+		}
+	}
+	w.stats.Segments = len(w.segs)
+	return w, nil
+}
+
+func (w *WAL) recoverSegment(s segment, last bool, replay func(Record) error) error {
+	p := w.path(s)
+	data, err := w.fs.ReadFile(p)
+	if err != nil {
+		return fmt.Errorf("wal: read %s: %w", p, err)
+	}
+	off := 0
+	for off < len(data) {
+		rec, n, err := decodeRecord(data[off:])
+		if err != nil {
+			if !last {
+				return fmt.Errorf("%w: %s at offset %d: %w", ErrCorrupt, p, off, err)
+			}
+			if q := validRecordAfter(data, off); q >= 0 {
+				return fmt.Errorf("%w: %s at offset %d (valid record follows at offset %d): %w", ErrCorrupt, p, off, q, err)
+			}
+			// Nothing valid follows: a write was torn by a crash
+			// before its fsync returned, so no caller was told the
+			// record was durable.
+			w.log.Warn("wal: truncating torn tail", "file", p, "offset", off, "bytes", len(data)-off, "reason", err)
+			if err := w.fs.Truncate(p, int64(off)); err != nil {
+				return fmt.Errorf("wal: truncate %s: %w", p, err)
+			}
+			w.stats.TornFile, w.stats.TornOffset, w.stats.TornBytes = p, int64(off), int64(len(data)-off)
+			break
+		}
+		w.maxIndex = max(w.maxIndex, rec.Index)
+		w.stats.Recovered++
+		if replay != nil {
+			if err := replay(rec); err != nil {
+				return err
+			}
+		}
+		off += n
+	}
+	if last {
+		w.size = int64(off)
+	}
+	return nil
+}
+
+// createSegment creates s, makes its directory entry durable, and writes
+// the segment header records into the buffer.
+func (w *WAL) createSegment(s segment) error {
+	p := w.path(s)
+	f, err := w.fs.Create(p)
+	if err != nil {
+		return fmt.Errorf("wal: create %s: %w", p, err)
+	}
+	if err := w.fs.SyncDir(w.dir); err != nil {
+		f.Close()
+		return fmt.Errorf("wal: sync dir %s: %w", w.dir, err)
+	}
+	w.segs = append(w.segs, s)
+	w.f, w.size = f, 0
+	if w.opts.SegmentHeader != nil {
+		for _, r := range w.opts.SegmentHeader() {
+			w.appendOne(r)
+		}
+	}
+	return nil
+}
+
+// roll finishes the current segment and starts the next. The old segment
+// is fsynced before the new one exists, so only the last segment can ever
+// have a torn tail.
+func (w *WAL) roll() error {
+	if err := w.flush(); err != nil {
+		return err
+	}
+	if err := w.syncFile(); err != nil {
+		return err
+	}
+	if err := w.f.Close(); err != nil {
+		return fmt.Errorf("wal: close segment: %w", err)
+	}
+	last := w.segs[len(w.segs)-1]
+	if err := w.createSegment(segment{seq: last.seq + 1, first: w.maxIndex + 1}); err != nil {
+		return err
+	}
+	w.stats.Segments = len(w.segs)
+	return nil
+}
+
+func (w *WAL) appendOne(r Record) {
+	n := len(w.buf)
+	w.buf = appendRecord(w.buf, r)
+	w.size += int64(len(w.buf) - n)
+	w.maxIndex = max(w.maxIndex, r.Index)
+	w.stats.Appended++
+}
+
+func (w *WAL) usable() error {
+	if w.closed {
+		return ErrClosed
+	}
+	return w.err
+}
+
+// Append buffers records for the current segment, starting a new segment
+// first if the current one has reached Options.SegmentSize. The records
+// are not durable until Sync returns.
+func (w *WAL) Append(recs ...Record) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err := w.usable(); err != nil {
+		return err
+	}
+	for _, r := range recs {
+		if r.Type == 0 {
+			return fmt.Errorf("wal: record type 0 is reserved")
+		}
+		if recordSize(r)-recordHeaderSize > maxRecordBody {
+			return fmt.Errorf("wal: record of %d bytes exceeds the limit of %d", len(r.Data), maxRecordBody)
+		}
+	}
+	if w.size >= w.opts.SegmentSize {
+		if err := w.roll(); err != nil {
+			return w.fail(err)
+		}
+	}
+	for _, r := range recs {
+		w.appendOne(r)
+	}
+	if len(w.buf) >= flushThreshold {
+		return w.flush()
+	}
+	return nil
+}
+
+func (w *WAL) fail(err error) error {
+	if w.err == nil {
+		w.err = err
+	}
+	return w.err
+}
+
+func (w *WAL) flush() error {
+	if len(w.buf) == 0 {
+		return nil
+	}
+	if _, err := w.f.Write(w.buf); err != nil {
+		return w.fail(fmt.Errorf("wal: write %s: %w", w.path(w.segs[len(w.segs)-1]), err))
+	}
+	w.buf = w.buf[:0]
+	w.dirty = true
+	return nil
+}
+
+func (w *WAL) syncFile() error {
+	if !w.dirty {
+		return nil
+	}
+	if err := w.f.Sync(); err != nil {
+		return w.fail(fmt.Errorf("wal: fsync %s: %w", w.path(w.segs[len(w.segs)-1]), err))
+	}
+	w.dirty = false
+	w.stats.Syncs++
+	return nil
+}
+
+// Sync writes the buffered records and fsyncs the segment: one fsync for
+// everything appended since the last Sync. It does nothing if nothing was
+// appended.
+func (w *WAL) Sync() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err := w.usable(); err != nil {
+		return err
+	}
+	if err := w.flush(); err != nil {
+		return err
+	}
+	return w.syncFile()
+}
+
+// ReleaseTo deletes the segments whose records all have Index <= index,
+// oldest first. It never deletes the segment being written. Call it once
+// a snapshot covers index, so the log does not grow without bound.
+func (w *WAL) ReleaseTo(index uint64) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err := w.usable(); err != nil {
+		return err
+	}
+	defer func() { w.stats.Segments = len(w.segs) }()
+	// A segment's records have indexes below the next segment's first
+	// index, which is one more than the highest index appended before it
+	// began.
+	for len(w.segs) > 1 && w.segs[1].first-1 <= index {
+		p := w.path(w.segs[0])
+		if err := w.fs.Remove(p); err != nil {
+			return fmt.Errorf("wal: remove %s: %w", p, err)
+		}
+		w.segs = w.segs[1:]
+		// Sync after each removal, so a crash cannot leave a hole in
+		// the sequence (a later segment gone, an earlier one back).
+		if err := w.fs.SyncDir(w.dir); err != nil {
+			return fmt.Errorf("wal: sync dir %s: %w", w.dir, err)
+		}
+	}
+	return nil
+}
+
+// Stats returns counters describing recovery and activity.
+func (w *WAL) Stats() Stats {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.stats
+}
+
+// Close syncs and closes the WAL.
+func (w *WAL) Close() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return ErrClosed
+	}
+	err := w.err
+	if err == nil {
+		if err = w.flush(); err == nil {
+			err = w.syncFile()
+		}
+	}
+	w.closed = true
+	return errors.Join(err, w.f.Close())
+}
