@@ -1,0 +1,18 @@
+// Package raftnode runs a raft.RawNode for real: one goroutine owns the
+// core, ticks it from an injected clock, persists each Ready to a Storage
+// with one fsync per batch (group commit) before sending the messages
+// that depend on it, sends the other messages in parallel with the disk
+// write (Raft thesis §10.2.1), applies committed entries to a
+// StateMachine, takes snapshots past a threshold, and serves blocking
+// Propose, ReadIndex, membership and transfer calls to other goroutines.
+//
+// Goroutines: Node.run is the only goroutine that touches the RawNode, the
+// Storage's write methods and the StateMachine. It is fed by channels:
+// proposals, reads, membership changes and status queries from callers,
+// messages from the Transport (Process), reports from the Transport
+// (ReportUnreachable, ReportSnapshot), and ticks from the Clock. The
+// Transport owns its own goroutines (see package transport).
+//
+// Storage and Transport are interfaces with written contracts; MemStorage
+// and MemNetwork are their in-memory twins for tests.
+package raftnode

@@ -1,0 +1,708 @@
+package raftnode
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cairn-db/cairn/raft"
+)
+
+// StateMachine is the application replicated by Raft. The node calls it
+// from its one goroutine only, in log order.
+type StateMachine interface {
+	// Apply applies one committed entry and returns the result handed to
+	// the proposer. Entries with empty Data (leader no-ops) and membership
+	// changes are passed too, so the state machine can track the index.
+	Apply(e raft.Entry) any
+	// Snapshot writes the state as of the last applied entry.
+	Snapshot(w io.Writer) error
+	// Restore replaces the state with a snapshot written by Snapshot.
+	Restore(r io.Reader) error
+}
+
+var (
+	// ErrStopped is returned once the node has stopped.
+	ErrStopped = errors.New("raftnode: node stopped")
+	// ErrProposalLost means a different entry was committed at the
+	// proposal's index: the proposal was certainly not applied.
+	ErrProposalLost = errors.New("raftnode: proposal lost to a leader change; it was not applied")
+	// ErrOutcomeUnknown means the node cannot tell whether the proposal
+	// was applied (the wait was cut short, or a snapshot replaced the log).
+	ErrOutcomeUnknown = errors.New("raftnode: outcome unknown")
+	// ErrLeaderChanged is returned to reads pending when leadership
+	// changed; retry them.
+	ErrLeaderChanged = errors.New("raftnode: leader changed; retry")
+)
+
+// Config configures a Node.
+type Config struct {
+	// ID, and the protocol settings: see raft.Config. Storage, Applied
+	// and Rand in it are filled in by the node.
+	Raft raft.Config
+	// TickInterval is the duration of one raft tick. Default 100ms.
+	TickInterval time.Duration
+	// Clock supplies ticks. Default RealClock.
+	Clock Clock
+	// SnapshotEntries: snapshot after this many applied entries since the
+	// last snapshot. Default 10000; negative disables.
+	SnapshotEntries int64
+	// KeepEntries is how many entries to keep behind a snapshot for
+	// lagging followers. Default 5000.
+	KeepEntries uint64
+	// MaxBatch bounds how many queued requests one loop iteration takes
+	// before handling a Ready: the group-commit batch. Default 1024.
+	MaxBatch int
+	Logger   *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.TickInterval == 0 {
+		c.TickInterval = 100 * time.Millisecond
+	}
+	if c.Clock == nil {
+		c.Clock = RealClock{}
+	}
+	if c.SnapshotEntries == 0 {
+		c.SnapshotEntries = 10000
+	}
+	if c.KeepEntries == 0 {
+		c.KeepEntries = 5000
+	}
+	if c.MaxBatch == 0 {
+		c.MaxBatch = 1024
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Node runs a Raft core. Its methods are safe for concurrent use.
+type Node struct {
+	cfg       Config
+	id        uint64
+	rn        *raft.RawNode
+	storage   Storage
+	transport Transport
+	sm        StateMachine
+	logger    *slog.Logger
+
+	propc   chan *proposalReq
+	readc   chan *readReq
+	recvc   chan raft.Message
+	reportc chan report
+	statusc chan chan raft.Status
+	xferc   chan uint64
+	stopc   chan struct{}
+	donec   chan struct{}
+	stopOne sync.Once
+
+	// Owned by run.
+	waiters   map[uint64]*proposalReq
+	reads     map[string][]*readReq // by request context
+	readSeq   uint64
+	snapIndex uint64
+	applied   uint64
+
+	lead    atomic.Uint64
+	errMu   sync.Mutex
+	err     error
+	leaderc chan struct{} // closed and replaced on every leader change
+	leaderM sync.Mutex
+}
+
+type proposalReq struct {
+	data  []byte
+	cc    *raft.ConfChange
+	index uint64
+	term  uint64
+	done  chan proposalResult
+}
+
+type proposalResult struct {
+	index  uint64
+	result any
+	err    error
+}
+
+type readReq struct {
+	done  chan readResult
+	index uint64
+	ready bool
+}
+
+type readResult struct {
+	index uint64
+	err   error
+}
+
+type report struct {
+	id          uint64
+	snapshot    bool
+	ok          bool
+	unreachable bool
+}
+
+// Start creates a node over storage and starts its goroutine. If storage
+// is empty and bootstrap is non-empty, the node bootstraps a new cluster
+// with those voters; a node joining an existing cluster passes none.
+// The state machine is restored from the latest snapshot in storage.
+func Start(cfg Config, storage Storage, transport Transport, sm StateMachine, bootstrap []uint64) (*Node, error) {
+	cfg.setDefaults()
+	snap, err := storage.Snapshot()
+	if err != nil {
+		return nil, fmt.Errorf("raftnode: reading snapshot: %w", err)
+	}
+	if !snap.IsEmpty() {
+		rc, _, err := storage.OpenSnapshot(snap.Meta.Index)
+		if err != nil {
+			return nil, fmt.Errorf("raftnode: opening snapshot %d: %w", snap.Meta.Index, err)
+		}
+		err = sm.Restore(rc)
+		rc.Close()
+		if err != nil {
+			return nil, fmt.Errorf("raftnode: restoring snapshot %d: %w", snap.Meta.Index, err)
+		}
+	}
+	rc := cfg.Raft
+	rc.Storage = storage
+	rc.Applied = snap.Meta.Index
+	if rc.Rand == nil {
+		rc.Rand = rand.New(rand.NewPCG(rc.ID, uint64(time.Now().UnixNano())))
+	}
+	if rc.Logger == nil {
+		rc.Logger = cfg.Logger
+	}
+	rn, err := raft.NewRawNode(&rc)
+	if err != nil {
+		return nil, err
+	}
+	if len(bootstrap) > 0 {
+		last, err := storage.LastIndex()
+		if err != nil {
+			return nil, err
+		}
+		hs, _, err := storage.InitialState()
+		if err != nil {
+			return nil, err
+		}
+		if last == 0 && hs.IsEmpty() {
+			if err := rn.Bootstrap(bootstrap); err != nil {
+				return nil, err
+			}
+		}
+	}
+	n := &Node{
+		cfg:       cfg,
+		id:        rc.ID,
+		rn:        rn,
+		storage:   storage,
+		transport: transport,
+		sm:        sm,
+		logger:    cfg.Logger.With("node", rc.ID),
+		propc:     make(chan *proposalReq, 256),
+		readc:     make(chan *readReq, 256),
+		recvc:     make(chan raft.Message, 1024),
+		reportc:   make(chan report, 1024),
+		statusc:   make(chan chan raft.Status),
+		xferc:     make(chan uint64),
+		stopc:     make(chan struct{}),
+		donec:     make(chan struct{}),
+		waiters:   map[uint64]*proposalReq{},
+		reads:     map[string][]*readReq{},
+		snapIndex: snap.Meta.Index,
+		applied:   snap.Meta.Index,
+		leaderc:   make(chan struct{}),
+	}
+	go n.run()
+	return n, nil
+}
+
+// ID returns the node's ID.
+func (n *Node) ID() uint64 { return n.id }
+
+// Leader returns the leader this node knows of, or raft.None.
+func (n *Node) Leader() uint64 { return n.lead.Load() }
+
+// Err returns the error that stopped the node, if any.
+func (n *Node) Err() error {
+	n.errMu.Lock()
+	defer n.errMu.Unlock()
+	return n.err
+}
+
+// Stop stops the node's goroutine and waits for it. Pending calls fail
+// with ErrStopped.
+func (n *Node) Stop() {
+	n.stopOne.Do(func() { close(n.stopc) })
+	<-n.donec
+}
+
+// Done is closed when the node has stopped.
+func (n *Node) Done() <-chan struct{} { return n.donec }
+
+// Propose replicates data and waits until it is applied on this node. It
+// returns the entry's index and the state machine's result. Errors: a
+// *raft.NotLeaderError (retry at the leader it names), ErrProposalLost
+// (safe to retry), ErrOutcomeUnknown wrapping the context's error, or
+// ErrStopped.
+func (n *Node) Propose(ctx context.Context, data []byte) (uint64, any, error) {
+	return n.propose(ctx, &proposalReq{data: data})
+}
+
+// ProposeConfChange proposes a membership change and waits until it is
+// applied here.
+func (n *Node) ProposeConfChange(ctx context.Context, cc raft.ConfChange) (uint64, error) {
+	idx, _, err := n.propose(ctx, &proposalReq{cc: &cc})
+	return idx, err
+}
+
+func (n *Node) propose(ctx context.Context, p *proposalReq) (uint64, any, error) {
+	p.done = make(chan proposalResult, 1)
+	select {
+	case n.propc <- p:
+	case <-ctx.Done():
+		return 0, nil, ctx.Err() // never submitted: certainly not applied
+	case <-n.donec:
+		return 0, nil, n.stoppedErr()
+	}
+	select {
+	case r := <-p.done:
+		return r.index, r.result, r.err
+	case <-ctx.Done():
+		return 0, nil, fmt.Errorf("%w: %w", ErrOutcomeUnknown, ctx.Err())
+	case <-n.donec:
+		return 0, nil, fmt.Errorf("%w: %w", ErrOutcomeUnknown, n.stoppedErr())
+	}
+}
+
+func (n *Node) stoppedErr() error {
+	if err := n.Err(); err != nil {
+		return fmt.Errorf("%w: %w", ErrStopped, err)
+	}
+	return ErrStopped
+}
+
+// ReadIndex returns once this node's state machine reflects every write
+// committed before the call: a read of the local state machine right after
+// it returns is linearizable (thesis §6.4). Concurrent calls share one
+// round of leader confirmation. It fails with a *raft.NotLeaderError when
+// no leader is known, and ErrLeaderChanged if leadership changed while
+// waiting; both are safe to retry.
+func (n *Node) ReadIndex(ctx context.Context) (uint64, error) {
+	r := &readReq{done: make(chan readResult, 1)}
+	select {
+	case n.readc <- r:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-n.donec:
+		return 0, n.stoppedErr()
+	}
+	select {
+	case res := <-r.done:
+		return res.index, res.err
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-n.donec:
+		return 0, n.stoppedErr()
+	}
+}
+
+// TransferLeadership asks the leader to hand over to transferee and waits
+// until this node sees the new leader, or ctx ends.
+func (n *Node) TransferLeadership(ctx context.Context, transferee uint64) error {
+	for {
+		if n.Leader() == transferee {
+			return nil
+		}
+		ch := n.leaderChanged()
+		select {
+		case n.xferc <- transferee:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-n.donec:
+			return n.stoppedErr()
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-n.donec:
+			return n.stoppedErr()
+		}
+	}
+}
+
+// WaitLeader blocks until this node knows of a leader, and returns it.
+func (n *Node) WaitLeader(ctx context.Context) (uint64, error) {
+	for {
+		ch := n.leaderChanged()
+		if l := n.Leader(); l != raft.None {
+			return l, nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-n.donec:
+			return 0, n.stoppedErr()
+		}
+	}
+}
+
+func (n *Node) leaderChanged() <-chan struct{} {
+	n.leaderM.Lock()
+	defer n.leaderM.Unlock()
+	return n.leaderc
+}
+
+// Status returns the core's status.
+func (n *Node) Status() raft.Status {
+	ch := make(chan raft.Status, 1)
+	select {
+	case n.statusc <- ch:
+		return <-ch
+	case <-n.donec:
+		return raft.Status{ID: n.id}
+	}
+}
+
+// Process implements Handler: it delivers a message from a peer. A
+// MsgSnap carrying Data (from an in-memory transport) has its bytes stored
+// first, as a streaming transport would have done.
+func (n *Node) Process(ctx context.Context, m raft.Message) error {
+	if m.Type == raft.MsgSnap && m.Snapshot != nil && len(m.Snapshot.Data) > 0 {
+		if err := n.storage.SaveSnapshot(m.Snapshot.Meta, bytesReader(m.Snapshot.Data)); err != nil {
+			return fmt.Errorf("raftnode: storing snapshot from %d: %w", m.From, err)
+		}
+		s := *m.Snapshot
+		s.Data = nil
+		m.Snapshot = &s
+	}
+	select {
+	case n.recvc <- m:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-n.donec:
+		return ErrStopped
+	}
+}
+
+// ReportUnreachable implements Handler. It never blocks.
+func (n *Node) ReportUnreachable(id uint64) {
+	select {
+	case n.reportc <- report{id: id, unreachable: true}:
+	default:
+	}
+}
+
+// ReportSnapshot implements Handler. It never blocks.
+func (n *Node) ReportSnapshot(id uint64, ok bool) {
+	select {
+	case n.reportc <- report{id: id, snapshot: true, ok: ok}:
+	default:
+	}
+}
+
+func (n *Node) fatal(err error) {
+	n.errMu.Lock()
+	if n.err == nil {
+		n.err = err
+	}
+	n.errMu.Unlock()
+	n.logger.Error("raftnode: stopping after a fatal error", "err", err)
+}
+
+func (n *Node) run() {
+	defer close(n.donec)
+	tickc, stopTicker := n.cfg.Clock.NewTicker(n.cfg.TickInterval)
+	defer stopTicker()
+	defer n.failAll()
+	for {
+		// Block for one event, then take whatever else is already queued
+		// (up to MaxBatch), so that one Ready, one disk write and one
+		// fsync serve many requests: group commit.
+		select {
+		case <-tickc:
+			n.rn.Tick()
+		case m := <-n.recvc:
+			n.step(m)
+		case p := <-n.propc:
+			n.handlePropose(p)
+		case r := <-n.readc:
+			n.handleReads([]*readReq{r})
+		case rep := <-n.reportc:
+			n.handleReport(rep)
+		case ch := <-n.statusc:
+			ch <- n.rn.Status()
+		case to := <-n.xferc:
+			_ = n.rn.TransferLeadership(to)
+		case <-n.stopc:
+			return
+		}
+		n.drainQueued()
+		if err := n.handleReadies(); err != nil {
+			n.fatal(err)
+			return
+		}
+	}
+}
+
+func (n *Node) drainQueued() {
+	var reads []*readReq
+	for i := 0; i < n.cfg.MaxBatch; i++ {
+		select {
+		case m := <-n.recvc:
+			n.step(m)
+		case p := <-n.propc:
+			n.handlePropose(p)
+		case r := <-n.readc:
+			reads = append(reads, r)
+		case rep := <-n.reportc:
+			n.handleReport(rep)
+		default:
+			i = n.cfg.MaxBatch
+		}
+	}
+	if len(reads) > 0 {
+		n.handleReads(reads)
+	}
+}
+
+func (n *Node) step(m raft.Message) {
+	if err := n.rn.Step(m); err != nil {
+		n.logger.Debug("raftnode: step", "msg", m.String(), "err", err)
+	}
+}
+
+func (n *Node) handleReport(rep report) {
+	if rep.unreachable {
+		n.rn.ReportUnreachable(rep.id)
+	}
+	if rep.snapshot {
+		n.rn.ReportSnapshot(rep.id, rep.ok)
+	}
+}
+
+func (n *Node) handlePropose(p *proposalReq) {
+	var idx, term uint64
+	var err error
+	if p.cc != nil {
+		idx, term, err = n.rn.ProposeConfChange(*p.cc)
+	} else {
+		idx, term, err = n.rn.Propose(p.data)
+	}
+	if err != nil {
+		p.done <- proposalResult{err: err}
+		return
+	}
+	p.index, p.term = idx, term
+	n.waiters[idx] = p
+}
+
+// handleReads issues one ReadIndex request for a batch of callers: a
+// single heartbeat round then confirms all of them.
+func (n *Node) handleReads(rs []*readReq) {
+	n.readSeq++
+	var ctx [16]byte
+	binary.BigEndian.PutUint64(ctx[:8], n.id)
+	binary.BigEndian.PutUint64(ctx[8:], n.readSeq)
+	if err := n.rn.ReadIndex(ctx[:]); err != nil {
+		for _, r := range rs {
+			r.done <- readResult{err: err}
+		}
+		return
+	}
+	n.reads[string(ctx[:])] = rs
+}
+
+func (n *Node) handleReadies() error {
+	for n.rn.HasReady() {
+		if err := n.handleReady(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (n *Node) handleReady() error {
+	rd := n.rn.Ready()
+	if rd.SoftState != nil {
+		n.onSoftState(*rd.SoftState)
+	}
+	// These do not depend on the write below, so they go out while it
+	// runs: the leader's appends reach followers in parallel with its own
+	// fsync (thesis §10.2.1).
+	n.transport.Send(rd.Messages)
+	if rd.Snapshot != nil {
+		if err := n.storage.ApplySnapshot(rd.Snapshot.Meta); err != nil {
+			return fmt.Errorf("raftnode: persisting snapshot %d: %w", rd.Snapshot.Meta.Index, err)
+		}
+	}
+	if err := n.storage.Save(rd.HardState, rd.Entries, rd.MustSync); err != nil {
+		return fmt.Errorf("raftnode: persisting ready: %w", err)
+	}
+	// Durable now: votes and acks may leave.
+	n.transport.Send(rd.PersistedMessages)
+	if rd.Snapshot != nil {
+		if err := n.restore(rd.Snapshot.Meta); err != nil {
+			return err
+		}
+	}
+	n.apply(rd.CommittedEntries)
+	for _, rs := range rd.ReadStates {
+		for _, r := range n.reads[string(rs.RequestCtx)] {
+			r.index, r.ready = rs.Index, true
+		}
+	}
+	n.rn.Advance(rd)
+	n.completeReads()
+	return n.maybeSnapshot()
+}
+
+func (n *Node) onSoftState(ss raft.SoftState) {
+	old := n.lead.Swap(ss.Lead)
+	if old == ss.Lead {
+		return
+	}
+	n.logger.Info("raftnode: leader changed", "from", old, "to", ss.Lead, "state", ss.State.String())
+	n.leaderM.Lock()
+	close(n.leaderc)
+	n.leaderc = make(chan struct{})
+	n.leaderM.Unlock()
+	// Reads not yet confirmed may never be: fail them so callers retry.
+	for ctx, rs := range n.reads {
+		keep := rs[:0]
+		for _, r := range rs {
+			if r.ready {
+				keep = append(keep, r)
+			} else {
+				r.done <- readResult{err: ErrLeaderChanged}
+			}
+		}
+		if len(keep) == 0 {
+			delete(n.reads, ctx)
+		} else {
+			n.reads[ctx] = keep
+		}
+	}
+}
+
+func (n *Node) restore(meta raft.SnapshotMeta) error {
+	rc, _, err := n.storage.OpenSnapshot(meta.Index)
+	if err != nil {
+		return fmt.Errorf("raftnode: opening received snapshot %d: %w", meta.Index, err)
+	}
+	defer rc.Close()
+	if err := n.sm.Restore(rc); err != nil {
+		return fmt.Errorf("raftnode: restoring snapshot %d: %w", meta.Index, err)
+	}
+	n.logger.Info("raftnode: installed snapshot", "index", meta.Index, "term", meta.Term)
+	n.applied = meta.Index
+	n.snapIndex = meta.Index
+	// Proposals at or below the snapshot may or may not be in it.
+	for idx, p := range n.waiters {
+		if idx <= meta.Index {
+			p.done <- proposalResult{index: idx, err: ErrOutcomeUnknown}
+			delete(n.waiters, idx)
+		}
+	}
+	return nil
+}
+
+func (n *Node) apply(ents []raft.Entry) {
+	for _, e := range ents {
+		if e.Index <= n.applied {
+			continue
+		}
+		result := n.sm.Apply(e)
+		n.applied = e.Index
+		if e.Type == raft.EntryConfChange {
+			n.onConfChange(e)
+		}
+		if p, ok := n.waiters[e.Index]; ok {
+			delete(n.waiters, e.Index)
+			if p.term == e.Term {
+				p.done <- proposalResult{index: e.Index, result: result}
+			} else {
+				p.done <- proposalResult{index: e.Index, err: ErrProposalLost}
+			}
+		}
+	}
+	// Waiters below the applied index whose entries were never applied
+	// here cannot exist: every index is applied in order.
+}
+
+func (n *Node) onConfChange(e raft.Entry) {
+	cc, err := raft.UnmarshalConfChange(e.Data)
+	if err != nil {
+		return
+	}
+	pm, ok := n.transport.(PeerManager)
+	if !ok {
+		return
+	}
+	switch cc.Type {
+	case raft.ConfChangeAddVoter, raft.ConfChangeAddLearner:
+		if cc.NodeID != n.id && len(cc.Context) > 0 {
+			pm.AddPeer(cc.NodeID, string(cc.Context))
+		}
+	case raft.ConfChangeRemove:
+		if cc.NodeID != n.id {
+			pm.RemovePeer(cc.NodeID)
+		}
+	}
+}
+
+func (n *Node) completeReads() {
+	for ctx, rs := range n.reads {
+		keep := rs[:0]
+		for _, r := range rs {
+			if r.ready && r.index <= n.applied {
+				r.done <- readResult{index: r.index}
+			} else {
+				keep = append(keep, r)
+			}
+		}
+		if len(keep) == 0 {
+			delete(n.reads, ctx)
+		} else {
+			n.reads[ctx] = keep
+		}
+	}
+}
+
+func (n *Node) maybeSnapshot() error {
+	if n.cfg.SnapshotEntries < 0 || n.applied < n.snapIndex+uint64(n.cfg.SnapshotEntries) {
+		return nil
+	}
+	idx := n.applied
+	err := n.storage.CreateSnapshot(idx, n.rn.ConfState(), n.cfg.KeepEntries, n.sm.Snapshot)
+	if err != nil {
+		return fmt.Errorf("raftnode: snapshot at %d: %w", idx, err)
+	}
+	n.snapIndex = idx
+	n.logger.Info("raftnode: snapshot taken", "index", idx)
+	return nil
+}
+
+// failAll answers every pending call when the node stops.
+func (n *Node) failAll() {
+	err := n.stoppedErr()
+	for idx, p := range n.waiters {
+		p.done <- proposalResult{index: idx, err: fmt.Errorf("%w: %w", ErrOutcomeUnknown, err)}
+	}
+	for _, rs := range n.reads {
+		for _, r := range rs {
+			r.done <- readResult{err: err}
+		}
+	}
+}

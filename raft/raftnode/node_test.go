@@ -1,0 +1,314 @@
+package raftnode
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cairn-db/cairn/raft"
+)
+
+// kvSM is a test state machine: "k=v" entries set keys.
+type kvSM struct {
+	mu       sync.Mutex
+	kv       map[string]string
+	applied  uint64
+	restores int
+}
+
+func newKV() *kvSM { return &kvSM{kv: map[string]string{}} }
+
+func (s *kvSM) Apply(e raft.Entry) any {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.applied = e.Index
+	if e.Type == raft.EntryNormal && len(e.Data) > 0 {
+		k, v, _ := strings.Cut(string(e.Data), "=")
+		s.kv[k] = v
+		return len(s.kv)
+	}
+	return nil
+}
+
+func (s *kvSM) Snapshot(w io.Writer) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return json.NewEncoder(w).Encode(s.kv)
+}
+
+func (s *kvSM) Restore(r io.Reader) error {
+	kv := map[string]string{}
+	if err := json.NewDecoder(r).Decode(&kv); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.kv = kv
+	s.restores++
+	return nil
+}
+
+func (s *kvSM) get(k string) (string, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v, ok := s.kv[k]
+	return v, ok
+}
+
+type cluster struct {
+	t        *testing.T
+	net      *MemNetwork
+	nodes    map[uint64]*Node
+	sms      map[uint64]*kvSM
+	storages map[uint64]*MemStorage
+	cfg      func(id uint64) Config
+}
+
+func testConfig(id uint64) Config {
+	return Config{
+		Raft:            raft.Config{ID: id, ElectionTick: 10, HeartbeatTick: 1, PreVote: true, CheckQuorum: true},
+		TickInterval:    5 * time.Millisecond,
+		SnapshotEntries: 50,
+		KeepEntries:     10,
+	}
+}
+
+func newCluster(t *testing.T, n int) *cluster {
+	c := &cluster{t: t, net: NewMemNetwork(), nodes: map[uint64]*Node{}, sms: map[uint64]*kvSM{},
+		storages: map[uint64]*MemStorage{}, cfg: testConfig}
+	var ids []uint64
+	for i := 1; i <= n; i++ {
+		ids = append(ids, uint64(i))
+	}
+	for _, id := range ids {
+		c.storages[id] = NewMemStorage()
+		c.start(id, ids)
+	}
+	t.Cleanup(c.stopAll)
+	return c
+}
+
+func (c *cluster) start(id uint64, bootstrap []uint64) {
+	sm := newKV()
+	nd, err := Start(c.cfg(id), c.storages[id], c.net.Transport(id), sm, bootstrap)
+	if err != nil {
+		c.t.Fatalf("start node %d: %v", id, err)
+	}
+	c.net.Register(id, nd, c.storages[id])
+	c.nodes[id], c.sms[id] = nd, sm
+}
+
+func (c *cluster) stop(id uint64) {
+	c.net.Unregister(id)
+	c.nodes[id].Stop()
+	delete(c.nodes, id)
+}
+
+func (c *cluster) stopAll() {
+	for id := range c.nodes {
+		c.stop(id)
+	}
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// leader waits until some node leads and returns it.
+func (c *cluster) leader(ctx context.Context) *Node {
+	for {
+		for _, nd := range c.nodes {
+			if l, err := nd.WaitLeader(ctx); err == nil {
+				if ln, ok := c.nodes[l]; ok && ln.Status().State == raft.StateLeader {
+					return ln
+				}
+			} else {
+				c.t.Fatalf("no leader: %v", err)
+			}
+		}
+		if ctx.Err() != nil {
+			c.t.Fatal("no leader before deadline")
+		}
+		// The known leader is not (yet) in the cluster map or not yet
+		// leading; wait for the next change on one node.
+		for _, nd := range c.nodes {
+			select {
+			case <-nd.leaderChanged():
+			case <-time.After(50 * time.Millisecond):
+			}
+			break
+		}
+	}
+}
+
+// put proposes through whichever node leads, retrying on leader changes.
+func (c *cluster) put(ctx context.Context, k, v string) uint64 {
+	for {
+		ld := c.leader(ctx)
+		idx, _, err := ld.Propose(ctx, []byte(k+"="+v))
+		if err == nil {
+			return idx
+		}
+		var nle *raft.NotLeaderError
+		if errors.As(err, &nle) || errors.Is(err, ErrProposalLost) || errors.Is(err, ErrOutcomeUnknown) {
+			if ctx.Err() != nil {
+				c.t.Fatalf("put %s: %v", k, err)
+			}
+			continue
+		}
+		c.t.Fatalf("put %s: %v", k, err)
+	}
+}
+
+// linearizableGet reads k through node id after a ReadIndex.
+func (c *cluster) linearizableGet(ctx context.Context, id uint64, k string) string {
+	for {
+		_, err := c.nodes[id].ReadIndex(ctx)
+		if err == nil {
+			v, _ := c.sms[id].get(k)
+			return v
+		}
+		if ctx.Err() != nil {
+			c.t.Fatalf("read %s at %d: %v", k, id, err)
+		}
+		if _, err := c.nodes[id].WaitLeader(ctx); err != nil {
+			c.t.Fatalf("read %s at %d: %v", k, id, err)
+		}
+	}
+}
+
+func TestReplicateAndReadEverywhere(t *testing.T) {
+	c := newCluster(t, 3)
+	ctx := ctxT(t)
+	var wg sync.WaitGroup
+	for i := range 40 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.put(ctx, fmt.Sprintf("k%d", i), fmt.Sprintf("v%d", i))
+		}()
+	}
+	wg.Wait()
+	for id := range c.nodes {
+		for i := range 40 {
+			if got := c.linearizableGet(ctx, id, fmt.Sprintf("k%d", i)); got != fmt.Sprintf("v%d", i) {
+				t.Fatalf("node %d: k%d=%q after acknowledged write", id, i, got)
+			}
+		}
+	}
+}
+
+func TestLeaderCrashAndRestartCatchesUpBySnapshot(t *testing.T) {
+	c := newCluster(t, 3)
+	ctx := ctxT(t)
+	c.put(ctx, "a", "1")
+	old := c.leader(ctx).ID()
+	c.stop(old)
+	// Enough writes to snapshot and compact past the stopped node's log.
+	for i := range 120 {
+		c.put(ctx, fmt.Sprintf("x%d", i), "y")
+	}
+	if nl := c.leader(ctx).ID(); nl == old {
+		t.Fatalf("stopped node %d still leads", old)
+	}
+	c.start(old, nil)
+	if got := c.linearizableGet(ctx, old, "x119"); got != "y" {
+		t.Fatalf("restarted node %d: x119=%q", old, got)
+	}
+	if c.sms[old].restores == 0 {
+		t.Fatalf("restarted node %d caught up without a snapshot; compaction did not happen", old)
+	}
+}
+
+func TestMembershipAddAndRemove(t *testing.T) {
+	c := newCluster(t, 3)
+	ctx := ctxT(t)
+	c.put(ctx, "a", "1")
+	ld := c.leader(ctx)
+	c.storages[4] = NewMemStorage()
+	c.start(4, nil)
+	if _, err := ld.ProposeConfChange(ctx, raft.ConfChange{Type: raft.ConfChangeAddLearner, NodeID: 4}); err != nil {
+		t.Fatalf("add learner: %v", err)
+	}
+	if _, err := ld.ProposeConfChange(ctx, raft.ConfChange{Type: raft.ConfChangeAddVoter, NodeID: 4}); err != nil {
+		t.Fatalf("promote: %v", err)
+	}
+	if got := c.linearizableGet(ctx, 4, "a"); got != "1" {
+		t.Fatalf("new node: a=%q", got)
+	}
+	victim := uint64(1)
+	if victim == ld.ID() {
+		victim = 2
+	}
+	if _, err := ld.ProposeConfChange(ctx, raft.ConfChange{Type: raft.ConfChangeRemove, NodeID: victim}); err != nil {
+		t.Fatalf("remove: %v", err)
+	}
+	c.stop(victim)
+	c.put(ctx, "b", "2")
+	st := c.leader(ctx).Status()
+	if len(st.Config.Voters) != 3 {
+		t.Fatalf("voters after add+remove: %v", st.Config.Voters)
+	}
+}
+
+func TestTransferLeadership(t *testing.T) {
+	c := newCluster(t, 3)
+	ctx := ctxT(t)
+	c.put(ctx, "a", "1")
+	ld := c.leader(ctx)
+	target := uint64(1)
+	if target == ld.ID() {
+		target = 2
+	}
+	if err := ld.TransferLeadership(ctx, target); err != nil {
+		t.Fatalf("transfer: %v", err)
+	}
+	if got := c.leader(ctx).ID(); got != target {
+		t.Fatalf("leader %d after transfer to %d", got, target)
+	}
+	c.put(ctx, "b", "2")
+}
+
+func TestStorageFailureStopsNode(t *testing.T) {
+	c := newCluster(t, 1)
+	ctx := ctxT(t)
+	c.put(ctx, "a", "1")
+	diskFull := errors.New("no space left on device")
+	c.storages[1].SaveHook = func() error { return diskFull }
+	_, _, err := c.nodes[1].Propose(ctx, []byte("b=2"))
+	if err == nil {
+		t.Fatal("proposal succeeded on a failing disk")
+	}
+	<-c.nodes[1].Done()
+	if !errors.Is(c.nodes[1].Err(), diskFull) {
+		t.Fatalf("node error %v, want the disk error", c.nodes[1].Err())
+	}
+}
+
+func TestProposeToFollowerNamesLeader(t *testing.T) {
+	c := newCluster(t, 3)
+	ctx := ctxT(t)
+	ld := c.leader(ctx)
+	c.put(ctx, "a", "1")
+	for id, nd := range c.nodes {
+		if id == ld.ID() {
+			continue
+		}
+		if _, err := nd.WaitLeader(ctx); err != nil {
+			t.Fatal(err)
+		}
+		_, _, err := nd.Propose(ctx, []byte("x=1"))
+		var nle *raft.NotLeaderError
+		if !errors.As(err, &nle) || nle.Leader != ld.ID() {
+			t.Fatalf("follower %d: err %v, want NotLeaderError naming %d", id, err, ld.ID())
+		}
+	}
+}
