@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/anishathalye/porcupine"
+	"github.com/google/btree"
 	"github.com/prometheus/client_golang/prometheus"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -13,6 +14,7 @@ import (
 
 func TestDeps(t *testing.T) {
 	_ = porcupine.Model{}
+	_ = btree.New
 	_ = &pb.PutRequest{}
 	_ = &mvccpb.KeyValue{}
 	_ = clientv3.Config{}
