@@ -71,7 +71,11 @@ type Funcs struct {
 	Reduce    ReduceFunc    // required
 	Combine   ReduceFunc    // optional: runs on sorted map output
 	Partition PartitionFunc // optional: default HashPartition
-	Flush     FlushFunc     // optional: called at the end of every task
+	Flush     FlushFunc     // optional: called after the last record of a task
+	// Cleanup, if set, is called when the task ends, whether it succeeded,
+	// failed or was cancelled, to release what Map or Reduce acquired (a
+	// streaming process, say).
+	Cleanup func()
 }
 
 // Args are an app's flag values, by flag name.
