@@ -282,7 +282,13 @@ func (ds *DiskStorage) replay(ops []replayOp) error {
 		case recEntry:
 			e := op.entry
 			if e.Index <= base.Index {
-				continue // covered by the snapshot
+				// Covered by the snapshot. But when it was written it
+				// truncated the log after itself (Save never writes
+				// entries at or below the snapshot of the time, so
+				// the truncation did happen), which drops everything
+				// replayed beyond the base so far.
+				ents = ents[:0]
+				continue
 			}
 			pos := e.Index - base.Index - 1
 			if pos > uint64(len(ents)) {
@@ -419,6 +425,17 @@ func (ds *DiskStorage) Save(hs raft.HardState, ents []raft.Entry, snap *raft.Sna
 		if i > 0 && ents[i].Index != ents[i-1].Index+1 {
 			return fmt.Errorf("wal: entries not contiguous: %d follows %d", ents[i].Index, ents[i-1].Index)
 		}
+	}
+	// Entries the snapshot covers are committed and already in it; drop
+	// them, as MemoryStorage.Append would, so that every entry record in
+	// the WAL is above the snapshot of its time and truncates the log
+	// after itself both now and on replay.
+	snapIndex := ds.snapMeta.Index
+	if !snap.IsEmpty() {
+		snapIndex = snap.Meta.Index
+	}
+	for len(ents) > 0 && ents[0].Index <= snapIndex {
+		ents = ents[1:]
 	}
 	if len(ents) > 0 && ents[0].Index > last+1 {
 		return fmt.Errorf("wal: entry %d leaves a gap after last index %d", ents[0].Index, last)

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 
 	"github.com/cairn-db/cairn/raft"
@@ -317,12 +319,18 @@ type model struct {
 // the MemFS with torn writes, sometimes in the middle of a Save whose
 // fsync failed. Recovery must reproduce every acknowledged write; a Save
 // that did not return nil may survive in part, as a prefix.
+//
+// CAIRN_WAL_SEEDS=n runs n seeds instead of 150.
 func TestDiskStorageCrash(t *testing.T) {
-	for seed := uint64(1); seed <= 150; seed++ {
+	seeds := uint64(150)
+	if v, err := strconv.ParseUint(os.Getenv("CAIRN_WAL_SEEDS"), 10, 64); err == nil {
+		seeds = v
+	}
+	for seed := uint64(1); seed <= seeds; seed++ {
 		t.Run(fmt.Sprint("seed=", seed), func(t *testing.T) {
 			defer func() {
 				if t.Failed() {
-					t.Logf("replay with: go test ./raft/wal -run 'TestDiskStorageCrash/seed=%d$'", seed)
+					t.Logf("replay with: CAIRN_WAL_SEEDS=%d go test ./raft/wal -run 'TestDiskStorageCrash/seed=%d$'", seed, seed)
 				}
 			}()
 			crashRun(t, seed)
@@ -354,6 +362,7 @@ func crashRun(t *testing.T, seed uint64) {
 				hs.Commit = max(hs.Commit, min(es[len(es)-1].Index, hs.Commit+uint64(rng.IntN(5))))
 			}
 			hs.Vote = uint64(rng.IntN(3))
+			t.Logf("step %d: save %+v ents %d..%d", step, hs, es[0].Index, es[len(es)-1].Index)
 			mustSave(t, ds, hs, es, nil)
 			ref.Append(es)
 			ref.SetHardState(hs)
@@ -367,9 +376,11 @@ func crashRun(t *testing.T, seed uint64) {
 				t.Fatalf("step %d: CreateSnapshot(%d): %v", step, idx, err)
 			}
 			ref.CreateSnapshot(idx, cs, nil)
+			t.Logf("step %d: create snapshot %d", step, idx)
 		case k < 9: // snapshot from the leader
 			snap, _ := ref.Snapshot()
-			idx := max(last, snap.Meta.Index) + uint64(rng.IntN(10)) - uint64(rng.IntN(3))
+			idx := max(last, snap.Meta.Index) + uint64(rng.IntN(10))
+			idx -= min(idx, uint64(rng.IntN(3)))
 			if idx <= max(hs.Commit, snap.Meta.Index) {
 				continue
 			}
@@ -379,10 +390,12 @@ func crashRun(t *testing.T, seed uint64) {
 			hs.Commit = idx
 			mustSave(t, ds, hs, nil, &raft.Snapshot{Meta: meta})
 			ref.ApplySnapshot(raft.Snapshot{Meta: meta})
+			t.Logf("step %d: install snapshot %d/%d", step, idx, hs.Term)
 			ref.SetHardState(hs)
 		default: // clean restart
 			ds.Close()
 			ds = openDS(t, ffs, opts)
+			t.Logf("step %d: restart", step)
 		}
 		// The live storage always matches the model, modulo compaction
 		// of entries the model keeps.
@@ -465,4 +478,27 @@ func TestDiskStorageConcurrentReads(t *testing.T) {
 		}
 	}
 	<-done
+}
+
+// TestDiskStorageTruncateThenSnapshot is the reduced form of a bug the
+// crash test found (seed 19148 with CAIRN_WAL_SEEDS=20000): an entry that
+// truncated the log, then a snapshot at that entry. Replay skipped the
+// truncating entry because the snapshot covered it, and resurrected the
+// entry it had truncated away.
+func TestDiskStorageTruncateThenSnapshot(t *testing.T) {
+	fsys := NewMemFS()
+	ds := openDS(t, fsys, StorageOptions{})
+	mustSave(t, ds, raft.HardState{Term: 3, Commit: 2}, ents(3, 1, 4), nil)
+	mustSave(t, ds, raft.HardState{Term: 3, Commit: 3}, ents(3, 3, 3), nil) // drops 4
+	if err := ds.CreateSnapshot(3, raft.ConfState{Voters: []uint64{1}}, bytes.NewReader(nil)); err != nil {
+		t.Fatal(err)
+	}
+	if last, _ := ds.LastIndex(); last != 3 {
+		t.Fatalf("live last index %d, want 3", last)
+	}
+	ds.Close()
+	ds = openDS(t, fsys, StorageOptions{})
+	if last, _ := ds.LastIndex(); last != 3 {
+		t.Fatalf("after reopen last index %d, want 3", last)
+	}
 }
