@@ -2,6 +2,7 @@ package wal
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -125,3 +126,15 @@ func notExist(op, name string) error {
 }
 
 func cleanPath(name string) string { return filepath.Clean(name) }
+
+// mkdirDurable creates dir and syncs its parent, so that the directory,
+// and with it every file later synced into it, survives a crash.
+func mkdirDurable(fsys FS, dir string) error {
+	if err := fsys.MkdirAll(dir); err != nil {
+		return fmt.Errorf("wal: create %s: %w", dir, err)
+	}
+	if err := fsys.SyncDir(filepath.Dir(filepath.Clean(dir))); err != nil {
+		return fmt.Errorf("wal: sync parent of %s: %w", dir, err)
+	}
+	return nil
+}

@@ -57,8 +57,8 @@ func NewSnapshotter(fsys FS, dir string, logger *slog.Logger) (*Snapshotter, err
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	if err := fsys.MkdirAll(dir); err != nil {
-		return nil, fmt.Errorf("wal: create %s: %w", dir, err)
+	if err := mkdirDurable(fsys, dir); err != nil {
+		return nil, err
 	}
 	names, err := fsys.List(dir)
 	if err != nil {

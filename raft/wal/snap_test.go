@@ -204,8 +204,9 @@ func TestSnapshotSaveCrash(t *testing.T) {
 	saveSnap(t, s, 10, []byte("old"))
 	// Simulate a crash after the rename but before the directory sync by
 	// failing SyncDir.
-	bad := &faultFS{FS: fsys, failSyncDir: true}
-	s2, _ := NewSnapshotter(bad, snapTestDir, nil)
+	bad := &faultFS{FS: fsys}
+	s2 := newSnapshotter(t, bad)
+	bad.failSyncDir = true
 	if err := s2.Save(testMeta(20), bytes.NewReader([]byte("new"))); err == nil {
 		t.Fatal("Save succeeded although SyncDir failed")
 	}

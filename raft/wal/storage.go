@@ -96,8 +96,8 @@ func OpenDiskStorage(fsys FS, dir string, opts StorageOptions) (*DiskStorage, er
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	ds := &DiskStorage{opts: opts, log: opts.Logger, mem: raft.NewMemoryStorage()}
-	if err := fsys.MkdirAll(dir); err != nil {
-		return nil, fmt.Errorf("wal: create %s: %w", dir, err)
+	if err := mkdirDurable(fsys, dir); err != nil {
+		return nil, err
 	}
 	md, err := loadMetadata(fsys, dir, opts.Metadata)
 	if err != nil {

@@ -117,8 +117,8 @@ func (w *WAL) path(s segment) string { return filepath.Join(w.dir, s.name()) }
 func Open(fsys FS, dir string, opts Options, replay func(Record) error) (*WAL, error) {
 	opts = opts.withDefaults()
 	w := &WAL{fs: fsys, dir: dir, opts: opts, log: opts.Logger}
-	if err := fsys.MkdirAll(dir); err != nil {
-		return nil, fmt.Errorf("wal: create %s: %w", dir, err)
+	if err := mkdirDurable(fsys, dir); err != nil {
+		return nil, err
 	}
 	names, err := fsys.List(dir)
 	if err != nil {
