@@ -122,6 +122,24 @@ func (rn *RawNode) ProposeConfChange(cc ConfChange) (index, term uint64, err err
 	return rn.propose(Entry{Type: EntryConfChange, Data: cc.Marshal()})
 }
 
+// Forward submits data like Propose, but a follower that knows the leader
+// forwards it there in a MsgProp instead of failing. The caller learns the
+// outcome only by seeing the entry applied (identify it by an ID inside
+// data), or by timing out: a forwarded proposal may be lost.
+func (rn *RawNode) Forward(data []byte) error {
+	rn.mustBeClosed()
+	r := rn.r
+	switch {
+	case r.state == StateLeader:
+		return r.Step(Message{Type: MsgProp, From: r.id, Entries: []Entry{{Type: EntryNormal, Data: data}}})
+	case r.state == StateFollower && r.lead != None:
+		r.send(Message{To: r.lead, Type: MsgProp, Entries: []Entry{{Type: EntryNormal, Data: data}}})
+		return nil
+	default:
+		return &NotLeaderError{Leader: r.lead}
+	}
+}
+
 func (rn *RawNode) propose(e Entry) (uint64, uint64, error) {
 	rn.mustBeClosed()
 	r := rn.r

@@ -112,6 +112,7 @@ type Node struct {
 	applied   uint64
 
 	lead    atomic.Uint64
+	term    atomic.Uint64
 	errMu   sync.Mutex
 	err     error
 	leaderc chan struct{} // closed and replaced on every leader change
@@ -119,7 +120,8 @@ type Node struct {
 }
 
 type proposalReq struct {
-	data  []byte
+	data    []byte
+	forward bool // Submit: forward to the leader, do not wait
 	cc    *raft.ConfChange
 	index uint64
 	term  uint64
@@ -199,6 +201,10 @@ func Start(cfg Config, storage Storage, transport Transport, sm StateMachine, bo
 			}
 		}
 	}
+	hs, _, err := storage.InitialState()
+	if err != nil {
+		return nil, err
+	}
 	n := &Node{
 		cfg:       cfg,
 		id:        rc.ID,
@@ -221,6 +227,7 @@ func Start(cfg Config, storage Storage, transport Transport, sm StateMachine, bo
 		applied:   snap.Meta.Index,
 		leaderc:   make(chan struct{}),
 	}
+	n.term.Store(hs.Term)
 	go n.run()
 	return n, nil
 }
@@ -230,6 +237,9 @@ func (n *Node) ID() uint64 { return n.id }
 
 // Leader returns the leader this node knows of, or raft.None.
 func (n *Node) Leader() uint64 { return n.lead.Load() }
+
+// Term returns the current Raft term as last persisted.
+func (n *Node) Term() uint64 { return n.term.Load() }
 
 // Err returns the error that stopped the node, if any.
 func (n *Node) Err() error {
@@ -255,6 +265,31 @@ func (n *Node) Done() <-chan struct{} { return n.donec }
 // ErrStopped.
 func (n *Node) Propose(ctx context.Context, data []byte) (uint64, any, error) {
 	return n.propose(ctx, &proposalReq{data: data})
+}
+
+// Submit hands data to Raft without waiting for it to commit: the leader
+// appends it, a follower forwards it to the leader. The caller identifies
+// its entry when the state machine applies it (by an ID inside data) and
+// must treat a missing entry after a timeout as outcome unknown, since a
+// forwarded proposal can be lost in a leader change. It returns a
+// *raft.NotLeaderError when no leader is known.
+func (n *Node) Submit(ctx context.Context, data []byte) error {
+	p := &proposalReq{data: data, forward: true, done: make(chan proposalResult, 1)}
+	select {
+	case n.propc <- p:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-n.donec:
+		return n.stoppedErr()
+	}
+	select {
+	case r := <-p.done:
+		return r.err
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %w", ErrOutcomeUnknown, ctx.Err())
+	case <-n.donec:
+		return fmt.Errorf("%w: %w", ErrOutcomeUnknown, n.stoppedErr())
+	}
 }
 
 // ProposeConfChange proposes a membership change and waits until it is
@@ -495,6 +530,10 @@ func (n *Node) handleReport(rep report) {
 func (n *Node) handlePropose(p *proposalReq) {
 	var idx, term uint64
 	var err error
+	if p.forward {
+		p.done <- proposalResult{err: n.rn.Forward(p.data)}
+		return
+	}
 	if p.cc != nil {
 		idx, term, err = n.rn.ProposeConfChange(*p.cc)
 	} else {
@@ -549,6 +588,9 @@ func (n *Node) handleReady() error {
 	}
 	if err := n.storage.Save(rd.HardState, rd.Entries, rd.MustSync); err != nil {
 		return fmt.Errorf("raftnode: persisting ready: %w", err)
+	}
+	if rd.HardState.Term != 0 {
+		n.term.Store(rd.HardState.Term)
 	}
 	// Durable now: votes and acks may leave.
 	n.transport.Send(rd.PersistedMessages)

@@ -312,3 +312,26 @@ func TestProposeToFollowerNamesLeader(t *testing.T) {
 		}
 	}
 }
+
+func TestSubmitOnFollowerIsForwarded(t *testing.T) {
+	c := newCluster(t, 3)
+	ctx := ctxT(t)
+	ld := c.leader(ctx)
+	c.put(ctx, "a", "1")
+	for id, nd := range c.nodes {
+		if id == ld.ID() {
+			continue
+		}
+		if err := nd.Submit(ctx, []byte("fwd=yes")); err != nil {
+			t.Fatalf("submit on follower %d: %v", id, err)
+		}
+		// The forwarded entry is applied everywhere; a linearizable read
+		// on the leader (after the forward) must eventually see it.
+		for c.linearizableGet(ctx, ld.ID(), "fwd") != "yes" {
+			if ctx.Err() != nil {
+				t.Fatal("forwarded proposal never applied")
+			}
+		}
+		return
+	}
+}
