@@ -1,6 +1,7 @@
 package raft_test
 
 import (
+	"errors"
 	"fmt"
 	"testing"
 
@@ -168,5 +169,376 @@ func TestFigure8(t *testing.T) {
 			t.Fatalf("(e) S5 index %d has term %d, want the committed term-2 entry", x2, got)
 		}
 		n.requireSameLogs(2, 3, 4, 5)
+	})
+}
+
+// TestStaleCandidateCannotWin checks the election restriction: a voter
+// refuses a candidate whose log is less up-to-date than its own, however
+// high the candidate's term, so a node that missed committed entries
+// cannot become leader and lose them.
+//
+// Reference: §5.4.1.
+func TestStaleCandidateCannotWin(t *testing.T) {
+	n := newNetwork(t, 3, nil)
+	n.elect(1)
+	n.isolate(3)
+	var want []string
+	for i := range 3 {
+		want = append(want, fmt.Sprintf("w%d", i))
+		n.propose(1, want[i])
+	}
+	n.stabilize()
+	committed := n.status(1).Commit
+
+	// Node 3 times out repeatedly while cut off, raising its term.
+	n.campaign(3)
+	n.campaign(3)
+	n.stabilize()
+	n.heal()
+	var refusals []raft.Message
+	n.filter = func(m *raft.Message) bool {
+		if m.Type == raft.MsgVoteResp && m.To == 3 {
+			refusals = append(refusals, *m)
+		}
+		return true
+	}
+	n.campaign(3)
+	n.stabilize()
+	if st := n.status(3); st.Term != 5 || st.State == raft.StateLeader {
+		t.Fatalf("node 3: %s in term %d, want a failed candidacy in term 5", st.State, st.Term)
+	}
+	if len(refusals) != 2 || !refusals[0].Reject || !refusals[1].Reject {
+		t.Fatalf("vote responses to node 3: %v, want two refusals", refusals)
+	}
+	// The higher term deposed node 1, but only an up-to-date node can win.
+	for range 5 {
+		n.campaign(3)
+		n.stabilize()
+		if n.status(3).State == raft.StateLeader {
+			t.Fatal("node 3 won an election without the committed entries")
+		}
+	}
+	n.tick(4 * electionTick)
+	lead := n.leader()
+	if lead != 1 && lead != 2 {
+		t.Fatalf("leader is %d, want 1 or 2", lead)
+	}
+	n.requireSameLogs(1, 2, 3)
+	if c := n.status(3).Commit; c < committed {
+		t.Fatalf("node 3 commit %d < %d", c, committed)
+	}
+	if got := fmt.Sprint(n.appliedData(3)); got != fmt.Sprint(want) {
+		t.Fatalf("node 3 applied %s, want %v", got, want)
+	}
+}
+
+// TestCheckQuorumLeaderStepsDown checks that a leader cut off from the
+// majority steps down once an election timeout passes without hearing
+// from a quorum, that the majority elects a new leader meanwhile, and that
+// on healing the old leader follows and loses its uncommitted entry.
+// Check-quorum runs once per election timeout, so a leader isolated just
+// after a check notices at the second one: the bound is two timeouts.
+//
+// Reference: thesis §6.2 (and §9.6 for pre-vote, enabled here as in a
+// production configuration).
+func TestCheckQuorumLeaderStepsDown(t *testing.T) {
+	n := newNetwork(t, 3, preVoteCheckQuorum)
+	n.elect(1)
+	n.isolate(1)
+	lost := n.propose(1, "lost")
+	n.stabilize()
+
+	stepDown, newLead := -1, uint64(0)
+	for tick := 1; tick <= 2*electionTick; tick++ {
+		n.tick(1)
+		if stepDown < 0 && n.status(1).State != raft.StateLeader {
+			stepDown = tick
+		}
+		if newLead == 0 {
+			newLead = n.leader()
+			if newLead == 1 {
+				newLead = 0
+			}
+		}
+	}
+	if stepDown < 0 {
+		t.Fatalf("isolated leader still leads after %d ticks", 2*electionTick)
+	}
+	t.Logf("old leader stepped down after %d ticks", stepDown)
+	if st := n.status(1); st.Term != 2 {
+		t.Fatalf("isolated node 1 moved to term %d; with pre-vote it must stay in term 2", st.Term)
+	}
+	if newLead == 0 {
+		n.tick(electionTick)
+		newLead = n.leader()
+	}
+	if newLead != 2 && newLead != 3 {
+		t.Fatalf("majority side has no leader (leader=%d)", newLead)
+	}
+	won := n.propose(newLead, "won")
+	n.stabilize()
+
+	n.heal()
+	n.tick(2)
+	st := n.status(1)
+	if st.State != raft.StateFollower || st.Lead != newLead || st.Term != n.status(newLead).Term {
+		t.Fatalf("node 1 after heal: %s lead %d term %d, want follower of %d", st.State, st.Lead, st.Term, newLead)
+	}
+	if n.leader() != newLead {
+		t.Fatalf("healing changed the leader to %d", n.leader())
+	}
+	n.requireSameLogs(1, 2, 3)
+	if term := n.termAt(1, lost); term == 2 {
+		t.Fatalf("node 1 kept its uncommitted term-2 entry at %d", lost)
+	}
+	if got := fmt.Sprint(n.appliedData(1)); got != "[won]" {
+		t.Fatalf("node 1 applied %s, want [won] (index %d)", got, won)
+	}
+}
+
+// TestPreVoteRejoiningNodeDoesNotDisrupt checks that a node partitioned
+// for many election timeouts does not depose a working leader when it
+// rejoins, because with pre-vote it never raises its term unless a
+// majority would vote for it, and the majority has moved on. Without
+// pre-vote (the control) the same partition raises its term and the
+// leader is deposed on rejoin.
+//
+// Reference: thesis §9.6.
+func TestPreVoteRejoiningNodeDoesNotDisrupt(t *testing.T) {
+	for _, preVote := range []bool{true, false} {
+		t.Run(fmt.Sprintf("prevote=%v", preVote), func(t *testing.T) {
+			n := newNetwork(t, 3, func(c *raft.Config) { c.PreVote = preVote })
+			n.elect(1)
+			n.isolate(3)
+			n.propose(1, "while-3-was-away")
+			n.stabilize()
+			n.tick(10 * electionTick)
+			if st := n.status(1); st.State != raft.StateLeader || st.Term != 2 {
+				t.Fatalf("leader disturbed during the partition: %s term %d", st.State, st.Term)
+			}
+			partitionedTerm := n.status(3).Term
+			if preVote && partitionedTerm != 2 {
+				t.Fatalf("with pre-vote the partitioned node moved to term %d, want 2", partitionedTerm)
+			}
+			if !preVote && partitionedTerm <= 2 {
+				t.Fatalf("control: partitioned node stayed in term %d; expected repeated elections", partitionedTerm)
+			}
+
+			n.heal()
+			deposed := false
+			for range 4 * electionTick {
+				n.tick(1)
+				if n.leader() != 1 {
+					deposed = true
+				}
+				if n.status(3).State == raft.StateLeader {
+					t.Fatal("the node that missed a committed entry became leader")
+				}
+			}
+			n.tick(4 * electionTick) // let any new election settle
+			lead := n.leader()
+			term := n.status(lead).Term
+			if preVote {
+				if deposed || lead != 1 || term != 2 {
+					t.Fatalf("with pre-vote the rejoining node disrupted the leader: leader %d term %d", lead, term)
+				}
+			} else if term <= 2 {
+				t.Fatalf("control: leader %d still in term %d after the rejoin; the test no longer exercises disruption", lead, term)
+			}
+			n.requireSameLogs(1, 2, 3)
+		})
+	}
+}
+
+// TestSnapshotInstallToLaggingFollower checks InstallSnapshot: when a
+// follower needs entries the leader has compacted, the leader sends its
+// snapshot; the follower hands it out in a Ready, and once it is installed
+// the follower catches up with ordinary appends.
+//
+// Reference: §7, Figure 13.
+func TestSnapshotInstallToLaggingFollower(t *testing.T) {
+	n := newNetwork(t, 3, nil)
+	n.elect(1)
+	n.propose(1, "before")
+	n.stabilize()
+	n.crash(3)
+	for i := range 10 {
+		n.propose(1, fmt.Sprintf("missed%d", i))
+		n.stabilize()
+	}
+	snap := n.compact(1)
+	if first, _ := n.node(1).storage.FirstIndex(); first != snap.Meta.Index+1 {
+		t.Fatalf("leader first index %d after compacting at %d", first, snap.Meta.Index)
+	}
+	if behind := n.node(3).appliedIndex; behind >= snap.Meta.Index {
+		t.Fatalf("node 3 applied %d, not behind the snapshot at %d", behind, snap.Meta.Index)
+	}
+
+	var snapMsgs, snapReadies int
+	n.filter = func(m *raft.Message) bool {
+		if m.Type == raft.MsgSnap {
+			snapMsgs++
+		}
+		return true
+	}
+	n.onReady = func(id uint64, rd raft.Ready) {
+		if id == 3 && rd.Snapshot != nil {
+			snapReadies++
+			if rd.Snapshot.Meta.Index != snap.Meta.Index || string(rd.Snapshot.Data) != string(snap.Data) {
+				t.Errorf("node 3 got snapshot %d %q, want %d %q", rd.Snapshot.Meta.Index, rd.Snapshot.Data, snap.Meta.Index, snap.Data)
+			}
+			if len(rd.CommittedEntries) > 0 {
+				t.Errorf("Ready with a snapshot also carries committed entries from %d", rd.CommittedEntries[0].Index)
+			}
+		}
+	}
+	n.restart(3)
+	n.tick(1) // a heartbeat finds node 3 behind
+	after := n.propose(1, "after")
+	n.stabilize()
+
+	if snapMsgs != 1 || snapReadies != 1 {
+		t.Fatalf("%d MsgSnap delivered and %d snapshot Readies on node 3, want 1 and 1", snapMsgs, snapReadies)
+	}
+	nd := n.node(3)
+	if len(nd.snapshots) != 1 || nd.appliedIndex != after {
+		t.Fatalf("node 3: %d snapshots installed, applied %d; want 1 and %d", len(nd.snapshots), nd.appliedIndex, after)
+	}
+	if got, want := fmt.Sprint(n.appliedData(3)), "[before after]"; got != want {
+		// "before" was applied before the crash; "missed*" came in the snapshot.
+		t.Fatalf("node 3 applied %s, want %s", got, want)
+	}
+	if first, _ := nd.storage.FirstIndex(); first != snap.Meta.Index+1 {
+		t.Fatalf("node 3 storage starts at %d, want %d", first, snap.Meta.Index+1)
+	}
+	st := n.status(1)
+	if pr := st.Progress[3]; pr.State != raft.ProgressReplicate || pr.Match != after {
+		t.Fatalf("leader's progress for node 3: %s match %d, want Replicate match %d", pr.State, pr.Match, after)
+	}
+	if c := n.status(3).Commit; c != after {
+		t.Fatalf("node 3 commit %d, want %d", c, after)
+	}
+}
+
+// TestMembershipChangeDuringPartition adds a learner, promotes it and
+// removes a voter, one change at a time, while one voter is partitioned.
+// The harness checks Election Safety throughout; the removed node, which
+// never learns it was removed, must not disrupt the cluster when it
+// returns.
+//
+// Reference: thesis §4.1 (single-server changes), §4.2.1 (learners catch
+// up before voting), §4.2.3 (disruptive removed servers).
+func TestMembershipChangeDuringPartition(t *testing.T) {
+	n := newNetwork(t, 3, preVoteCheckQuorum)
+	n.elect(1)
+	n.addNode(4)
+	n.isolate(3)
+
+	change := func(cc raft.ConfChange) uint64 {
+		t.Helper()
+		idx, _, err := n.rn(1).ProposeConfChange(cc)
+		if err != nil {
+			t.Fatalf("ProposeConfChange(%s %d): %v", cc.Type, cc.NodeID, err)
+		}
+		return idx
+	}
+	applied := func(idx uint64) {
+		t.Helper()
+		for range 3 * electionTick {
+			if n.status(1).Applied >= idx && n.status(4).Applied >= idx {
+				return
+			}
+			n.tick(1)
+		}
+		t.Fatalf("change at %d not applied", idx)
+	}
+
+	idx := change(raft.ConfChange{Type: raft.ConfChangeAddLearner, NodeID: 4})
+	if _, _, err := n.rn(1).ProposeConfChange(raft.ConfChange{Type: raft.ConfChangeAddVoter, NodeID: 4}); !errors.Is(err, raft.ErrConfChangePending) {
+		t.Fatalf("second change before the first applied: err %v, want ErrConfChangePending", err)
+	}
+	n.stabilize()
+	applied(idx)
+	if cs := n.rn(4).ConfState(); fmt.Sprint(cs.Voters, cs.Learners) != "[1 2 3] [4]" {
+		t.Fatalf("node 4 membership %v", cs)
+	}
+	if err := n.rn(4).Campaign(); err != nil {
+		t.Fatal(err)
+	}
+	n.stabilize()
+	if st := n.status(4); st.State != raft.StateFollower || st.Term != 2 {
+		t.Fatalf("learner campaigned: %s term %d", st.State, st.Term)
+	}
+
+	applied(change(raft.ConfChange{Type: raft.ConfChangeAddVoter, NodeID: 4}))
+	// Voters {1,2,3,4} with 3 unreachable: 1, 2 and 4 are a quorum.
+	w := n.propose(1, "with-4-voting")
+	n.stabilize()
+	if c := n.status(1).Commit; c < w {
+		t.Fatalf("write not committed by voters 1, 2, 4: commit %d < %d", c, w)
+	}
+
+	applied(change(raft.ConfChange{Type: raft.ConfChangeRemove, NodeID: 3}))
+	for _, id := range []uint64{1, 2, 4} {
+		if cs := n.rn(id).ConfState(); fmt.Sprint(cs.Voters, cs.Learners) != "[1 2 4] []" {
+			t.Fatalf("node %d membership %v, want voters [1 2 4]", id, cs)
+		}
+	}
+	// Node 3 was away for all of it and still believes in {1,2,3}.
+	if cs := n.rn(3).ConfState(); fmt.Sprint(cs.Voters) != "[1 2 3]" {
+		t.Fatalf("node 3 membership %v", cs)
+	}
+
+	n.heal()
+	n.tick(10 * electionTick)
+	if st := n.status(1); st.State != raft.StateLeader || st.Term != 2 {
+		t.Fatalf("removed node disrupted the cluster: node 1 is %s in term %d", st.State, st.Term)
+	}
+	w2 := n.propose(1, "after-heal")
+	n.stabilize()
+	for _, id := range []uint64{1, 2, 4} {
+		if c := n.status(id).Commit; c != w2 {
+			t.Fatalf("node %d commit %d, want %d", id, c, w2)
+		}
+	}
+	n.requireSameLogs(1, 2, 4)
+}
+
+// TestConfChangeRefusals checks the leader's guards on membership changes.
+//
+// Reference: thesis §4.1 (one change at a time; a leader first commits an
+// entry of its own term).
+func TestConfChangeRefusals(t *testing.T) {
+	t.Run("pending until the leader's first entry is applied", func(t *testing.T) {
+		n := newNetwork(t, 3, nil)
+		n.filter = func(m *raft.Message) bool { return m.Type != raft.MsgApp }
+		n.elect(1)
+		cc := raft.ConfChange{Type: raft.ConfChangeAddLearner, NodeID: 4}
+		// The log may hold an uncommitted change from an earlier term.
+		if _, _, err := n.rn(1).ProposeConfChange(cc); !errors.Is(err, raft.ErrConfChangePending) {
+			t.Fatalf("change before the term's first entry is applied: err %v, want ErrConfChangePending", err)
+		}
+		n.heal()
+		n.tick(1)
+		if _, _, err := n.rn(1).ProposeConfChange(cc); err != nil {
+			t.Fatalf("change after the term's first entry applied: %v", err)
+		}
+		if _, _, err := n.rn(1).ProposeConfChange(raft.ConfChange{Type: raft.ConfChangeAddVoter, NodeID: 4}); !errors.Is(err, raft.ErrConfChangePending) {
+			t.Fatalf("second change while the first is in flight: err %v, want ErrConfChangePending", err)
+		}
+	})
+	t.Run("removing the last voter", func(t *testing.T) {
+		n := newNetwork(t, 1, nil)
+		n.elect(1)
+		_, _, err := n.rn(1).ProposeConfChange(raft.ConfChange{Type: raft.ConfChangeRemove, NodeID: 1})
+		if !errors.Is(err, raft.ErrInvalidConfChange) {
+			t.Fatalf("removing the only voter: err %v, want ErrInvalidConfChange", err)
+		}
+		// The node still works.
+		idx := n.propose(1, "x")
+		n.stabilize()
+		if c := n.status(1).Commit; c != idx {
+			t.Fatalf("commit %d, want %d", c, idx)
+		}
 	})
 }
