@@ -138,25 +138,45 @@ func (p *peer) streamSnapshot(m raft.Message) (int64, error) {
 	}
 
 	// Ack: the receiver answers after SaveSnapshot made the bytes durable.
-	c.SetReadDeadline(time.Now().Add(t.cfg.SnapshotAckTimeout))
-	fr := frameReader{r: c, max: ackFrameLimit}
-	typ, ack, err := fr.next()
-	if err != nil {
-		return 0, fmt.Errorf("await snapshot ack from peer %d: %w", p.id, err)
-	}
-	if typ != frameSnapAck || len(ack) == 0 {
-		return 0, fmt.Errorf("%w: peer %d answered a snapshot with frame type %d", ErrProtocol, p.id, typ)
-	}
-	if ack[0] != 1 {
-		return 0, fmt.Errorf("%w: peer %d: %s", ErrSnapshotRejected, p.id, ack[1:])
+	if err := p.readAck(c, t.cfg.SnapshotAckTimeout); err != nil {
+		return 0, err
 	}
 	return size, nil
 }
 
+// readAck waits up to timeout for the receiver's verdict.
+func (p *peer) readAck(c net.Conn, timeout time.Duration) error {
+	c.SetReadDeadline(time.Now().Add(timeout))
+	fr := frameReader{r: c, max: ackFrameLimit}
+	typ, ack, err := fr.next()
+	if err != nil {
+		return fmt.Errorf("await snapshot ack from peer %d: %w", p.id, err)
+	}
+	if typ != frameSnapAck || len(ack) == 0 {
+		return fmt.Errorf("%w: peer %d answered a snapshot with frame type %d", ErrProtocol, p.id, typ)
+	}
+	if ack[0] != 1 {
+		return fmt.Errorf("%w: peer %d: %s", ErrSnapshotRejected, p.id, ack[1:])
+	}
+	return nil
+}
+
+// rejectionWait bounds how long a sender whose stream broke looks for
+// the receiver's rejection, which usually explains the break.
+const rejectionWait = time.Second
+
 func (p *peer) writeFrame(c net.Conn, frame []byte) error {
 	c.SetWriteDeadline(time.Now().Add(p.t.cfg.WriteTimeout))
 	if _, err := c.Write(frame); err != nil {
-		return fmt.Errorf("write snapshot stream to peer %d: %w", p.id, err)
+		err = fmt.Errorf("write snapshot stream to peer %d: %w", p.id, err)
+		// A receiver that rejects the stream (bad chunk, failed save)
+		// sends its reason and closes; prefer that reason if it arrived.
+		if p.ctx.Err() == nil {
+			if aerr := p.readAck(c, rejectionWait); errors.Is(aerr, ErrSnapshotRejected) {
+				return fmt.Errorf("%w (%w)", aerr, err)
+			}
+		}
+		return err
 	}
 	p.t.stats.bytesSent.Add(uint64(len(frame)))
 	return nil

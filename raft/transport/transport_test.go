@@ -1,8 +1,8 @@
 package transport
 
 import (
-	"context"
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"math/rand/v2"
@@ -332,7 +332,7 @@ func TestCloseNoLeaks(t *testing.T) {
 			n.tr.Send([]raft.Message{{Type: raft.MsgApp, From: n.id, To: to, Index: uint64(i)}})
 		}
 	}
-	recvMsg(t, nodes[1]) // wait until traffic flows; node 1 -> 2 then blocks
+	recvMsg(t, nodes[1])                  // wait until traffic flows; node 1 -> 2 then blocks
 	nodes[0].tr.AddPeer(9, "127.0.0.1:1") // unreachable: writer in backoff
 	nodes[0].tr.Send([]raft.Message{heartbeat(1, 9)})
 	for _, n := range nodes {
