@@ -514,14 +514,3 @@ func fmtReads(rs []raft.ReadState) string {
 	}
 	return "[" + string(b) + "]"
 }
-
-// count returns how many of msgs satisfy pred.
-func count(msgs []raft.Message, pred func(raft.Message) bool) int {
-	k := 0
-	for _, m := range msgs {
-		if pred(m) {
-			k++
-		}
-	}
-	return k
-}

@@ -3,6 +3,7 @@ package raft_test
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 
 	"github.com/cairn-db/cairn/raft"
@@ -667,5 +668,345 @@ func TestReadIndexSingleVoterAfterRestart(t *testing.T) {
 	rs := n.node(1).readStates
 	if len(rs) != 1 || rs[0].Index < w {
 		t.Fatalf("read states %s: a read started after w (index %d) was acknowledged must not be served below it", fmtReads(rs), w)
+	}
+}
+
+// TestLeadershipTransfer checks the transfer extension: the leader brings
+// the target's log up to date, then tells it to time out at once; it
+// refuses proposals meanwhile; and it abandons a transfer that has not
+// finished within an election timeout.
+//
+// Reference: thesis §3.10.
+func TestLeadershipTransfer(t *testing.T) {
+	// record returns the messages delivered from the leader to target.
+	record := func(n *network, from, to uint64) *[]raft.Message {
+		var got []raft.Message
+		n.filter = func(m *raft.Message) bool {
+			if m.From == from && m.To == to {
+				got = append(got, *m)
+			}
+			return true
+		}
+		return &got
+	}
+
+	t.Run("up-to-date target", func(t *testing.T) {
+		n := newNetwork(t, 3, preVoteCheckQuorum)
+		n.elect(1)
+		n.propose(1, "a")
+		n.stabilize()
+		sent := record(n, 1, 2)
+		if err := n.rn(1).TransferLeadership(2); err != nil {
+			t.Fatal(err)
+		}
+		n.stabilize()
+		if len(*sent) == 0 || (*sent)[0].Type != raft.MsgTimeoutNow {
+			t.Fatalf("leader sent %v to an up-to-date target; want MsgTimeoutNow first", *sent)
+		}
+		if lead := n.leader(); lead != 2 || n.status(2).Term != 3 {
+			t.Fatalf("leader %d, term %d; want 2 in term 3", lead, n.status(2).Term)
+		}
+		if st := n.status(1); st.State != raft.StateFollower || st.Lead != 2 {
+			t.Fatalf("old leader: %s lead %d", st.State, st.Lead)
+		}
+	})
+
+	t.Run("lagging target is caught up first", func(t *testing.T) {
+		n := newNetwork(t, 3, preVoteCheckQuorum)
+		n.elect(1)
+		n.isolate(3)
+		for i := range 5 {
+			n.propose(1, fmt.Sprintf("w%d", i))
+		}
+		n.stabilize()
+		n.heal()
+		last := n.status(1).LastIndex
+		if n.status(3).LastIndex >= last {
+			t.Fatal("setup: node 3 is not behind")
+		}
+		sent := record(n, 1, 3)
+		var lastAtTimeoutNow uint64
+		inner := n.filter
+		n.filter = func(m *raft.Message) bool {
+			if m.Type == raft.MsgTimeoutNow && m.To == 3 {
+				lastAtTimeoutNow = n.status(3).LastIndex
+			}
+			return inner(m)
+		}
+		if err := n.rn(1).TransferLeadership(3); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := n.rn(1).Propose([]byte("during")); !errors.Is(err, raft.ErrProposalDropped) {
+			t.Fatalf("proposal during transfer: err %v, want ErrProposalDropped", err)
+		}
+		n.stabilize()
+		tn := slices.IndexFunc(*sent, func(m raft.Message) bool { return m.Type == raft.MsgTimeoutNow })
+		if tn < 1 || slices.ContainsFunc((*sent)[:tn], func(m raft.Message) bool { return m.Type != raft.MsgApp }) {
+			t.Fatalf("leader sent %v; want appends, then MsgTimeoutNow", *sent)
+		}
+		if lastAtTimeoutNow != last {
+			t.Fatalf("MsgTimeoutNow reached node 3 with last index %d, want %d", lastAtTimeoutNow, last)
+		}
+		if lead := n.leader(); lead != 3 {
+			t.Fatalf("leader %d, want 3", lead)
+		}
+		n.requireSameLogs(1, 2, 3)
+	})
+
+	t.Run("unreachable target times out", func(t *testing.T) {
+		n := newNetwork(t, 3, nil)
+		n.elect(1)
+		n.isolate(3)
+		if err := n.rn(1).TransferLeadership(3); err != nil {
+			t.Fatal(err)
+		}
+		n.stabilize()
+		for tick := 1; tick < electionTick; tick++ {
+			n.tick(1)
+			if _, _, err := n.rn(1).Propose([]byte("x")); !errors.Is(err, raft.ErrProposalDropped) {
+				t.Fatalf("tick %d: proposal during transfer: err %v, want ErrProposalDropped", tick, err)
+			}
+		}
+		n.tick(1)
+		st := n.status(1)
+		if st.State != raft.StateLeader || st.Term != 2 || st.LeadTransferee != 0 {
+			t.Fatalf("after an election timeout: %s term %d transferee %d; want leader of term 2 with no transfer",
+				st.State, st.Term, st.LeadTransferee)
+		}
+		idx := n.propose(1, "resumed")
+		n.stabilize()
+		if c := n.status(2).Commit; c != idx {
+			t.Fatalf("proposal after the aborted transfer: node 2 commit %d, want %d", c, idx)
+		}
+	})
+}
+
+// TestFastBacktracking checks that a leader repairs a follower with a long
+// conflicting suffix in a number of round trips that depends on the terms
+// involved, not on the number of entries: each rejection carries the
+// follower's term at the conflict, and the leader skips all of that term.
+//
+// Reference: §5.3 (the optimization at the end of the section).
+func TestFastBacktracking(t *testing.T) {
+	n := newNetwork(t, 3, nil)
+	n.elect(1)
+	// Node 1 keeps leading term 2 alone and appends a long suffix that
+	// never commits.
+	n.isolate(1)
+	for i := range 60 {
+		n.propose(1, fmt.Sprintf("old%d", i))
+	}
+	n.stabilize()
+	// Meanwhile 2 and 3 go through three terms of their own.
+	for round, id := range []uint64{2, 3, 2} {
+		n.elect(id)
+		for i := range 15 {
+			n.propose(id, fmt.Sprintf("new%d.%d", round, i))
+		}
+		n.stabilize()
+	}
+	lead := n.leader()
+	diverged := n.status(1).LastIndex - 4 // entries after node 1's term-2 empty entry
+	if diverged < 60 {
+		t.Fatalf("setup: only %d divergent entries", diverged)
+	}
+
+	var rejects, appends int
+	n.heal()
+	n.filter = func(m *raft.Message) bool {
+		if m.Type == raft.MsgAppResp && m.From == 1 && m.Reject {
+			rejects++
+		}
+		if m.Type == raft.MsgApp && m.To == 1 {
+			appends++
+		}
+		return true
+	}
+	n.tick(1)
+	n.requireSameLogs(1, 2, 3)
+	t.Logf("repaired %d divergent entries with %d rejections and %d appends", diverged, rejects, appends)
+	if rejects > 2 {
+		t.Fatalf("%d rejections to repair %d entries of one stale term: backtracking is per entry, not per term", rejects, diverged)
+	}
+	if n.leader() != lead {
+		t.Fatalf("leader changed from %d to %d", lead, n.leader())
+	}
+}
+
+// TestFlowControl checks that a leader bounds the appends in flight to a
+// follower (MaxInflightMsgs), pausing while the window is full, and that
+// proposals made meanwhile go out in one batch when acknowledgements free
+// the window.
+//
+// Reference: thesis §10.2.1 (pipelining and batching).
+func TestFlowControl(t *testing.T) {
+	n := newNetwork(t, 3, func(c *raft.Config) { c.MaxInflightMsgs = 2 })
+	n.elect(1)
+	n.propose(1, "warmup") // node 3 acks: it is now replicating
+	n.stabilize()
+	if pr := n.status(1).Progress[3]; pr.State != raft.ProgressReplicate {
+		t.Fatalf("node 3 progress %s, want Replicate", pr.State)
+	}
+
+	var held []raft.Message
+	var appends [][]raft.Entry
+	n.filter = func(m *raft.Message) bool {
+		switch {
+		case m.Type == raft.MsgApp && m.To == 3 && len(m.Entries) > 0:
+			appends = append(appends, m.Entries)
+		case m.Type == raft.MsgAppResp && m.From == 3:
+			held = append(held, *m) // node 3 does not ack (yet)
+			return false
+		}
+		return true
+	}
+	var last uint64
+	for i := range 6 {
+		last = n.propose(1, fmt.Sprintf("p%d", i))
+		n.stabilize()
+	}
+	if len(appends) != 2 || len(appends[0]) != 1 || len(appends[1]) != 1 {
+		t.Fatalf("without acks the leader sent %d appends to node 3 (%v); want 2 of one entry", len(appends), appends)
+	}
+	if c := n.status(1).Commit; c != last {
+		t.Fatalf("the paused follower held back the commit: %d, want %d", c, last)
+	}
+
+	// The acks arrive: the four pending proposals go out together.
+	n.filter = func(m *raft.Message) bool {
+		if m.Type == raft.MsgApp && m.To == 3 && len(m.Entries) > 0 {
+			appends = append(appends, m.Entries)
+		}
+		return true
+	}
+	n.queue = append(n.queue, held...)
+	n.stabilize()
+	if len(appends) != 3 || len(appends[2]) != 4 {
+		t.Fatalf("after the acks the leader sent %d more appends; want one carrying 4 entries (got %v)", len(appends)-2, appends[2:])
+	}
+	if st := n.status(3); st.LastIndex != last || st.Commit != last {
+		t.Fatalf("node 3 last %d commit %d, want %d", st.LastIndex, st.Commit, last)
+	}
+}
+
+// TestPersistBeforeSend checks the Ready contract's durability split:
+// replies that promise durable state (a granted vote; an append ack) are
+// only in Ready.PersistedMessages, alongside the state they promise, while
+// a leader's appends are in Ready.Messages so its own disk write can
+// overlap replication. (The harness also checks every Ready of every test
+// for the first half.)
+//
+// Reference: §5 Figure 2 ("Persistent state ... updated on stable storage
+// before responding to RPCs"); thesis §10.2.1.
+func TestPersistBeforeSend(t *testing.T) {
+	n := newNetwork(t, 3, nil)
+	type seen struct {
+		id uint64
+		rd raft.Ready
+	}
+	var readies []seen
+	n.onReady = func(id uint64, rd raft.Ready) { readies = append(readies, seen{id, rd}) }
+	find := func(typ raft.MessageType, from uint64) (raft.Ready, bool, bool) {
+		t.Helper()
+		for _, s := range readies {
+			if s.id != from {
+				continue
+			}
+			for _, m := range s.rd.Messages {
+				if m.Type == typ {
+					return s.rd, true, false
+				}
+			}
+			for _, m := range s.rd.PersistedMessages {
+				if m.Type == typ {
+					return s.rd, false, true
+				}
+			}
+		}
+		t.Fatalf("node %d sent no %s", from, typ)
+		return raft.Ready{}, false, false
+	}
+
+	n.elect(1)
+	rd, inMsgs, inPersisted := find(raft.MsgVoteResp, 2)
+	if inMsgs || !inPersisted {
+		t.Fatal("vote response not confined to PersistedMessages")
+	}
+	if rd.HardState.Term != 2 || rd.HardState.Vote != 1 || !rd.MustSync {
+		t.Fatalf("vote sent with HardState %+v MustSync=%v; want the vote for 1 in term 2, synced", rd.HardState, rd.MustSync)
+	}
+
+	readies = nil
+	idx := n.propose(1, "x")
+	n.stabilize()
+	rd, inMsgs, inPersisted = find(raft.MsgApp, 1)
+	if !inMsgs || inPersisted {
+		t.Fatal("leader's MsgApp not in Ready.Messages")
+	}
+	if len(rd.Entries) != 1 || rd.Entries[0].Index != idx {
+		t.Fatalf("leader's append went out in a Ready persisting %v; want the same Ready as entry %d", rd.Entries, idx)
+	}
+	rd, inMsgs, inPersisted = find(raft.MsgAppResp, 2)
+	if inMsgs || !inPersisted {
+		t.Fatal("append ack not confined to PersistedMessages")
+	}
+	if len(rd.Entries) != 1 || rd.Entries[0].Index != idx || !rd.MustSync {
+		t.Fatalf("ack sent in a Ready persisting %v (MustSync=%v), want entry %d synced", rd.Entries, rd.MustSync, idx)
+	}
+}
+
+// TestRestartKeepsTermAndVote checks that currentTerm and votedFor survive
+// a crash, so a restarted node cannot vote twice in one term, and that a
+// restarted leader comes back as a follower with its log and commit index.
+//
+// Reference: §5.2, Figure 2 (persistent state on all servers).
+func TestRestartKeepsTermAndVote(t *testing.T) {
+	n := newNetwork(t, 3, nil)
+	// Node 2 campaigns for term 2; only node 1 hears it and votes.
+	n.drop(2, 3)
+	n.drop(1, 2) // and node 2 never learns it won the vote
+	n.campaign(2)
+	n.stabilize()
+	if st := n.status(1); st.Term != 2 || st.Vote != 2 {
+		t.Fatalf("node 1: term %d vote %d, want a vote for 2 in term 2", st.Term, st.Vote)
+	}
+	n.crash(1)
+	n.restart(1)
+	if st := n.status(1); st.Term != 2 || st.Vote != 2 || st.State != raft.StateFollower {
+		t.Fatalf("restarted node 1: %s term %d vote %d, want follower with its vote for 2 in term 2", st.State, st.Term, st.Vote)
+	}
+
+	// Node 3 campaigns for the same term 2 and must be refused.
+	n.heal()
+	n.crash(2)
+	var resp []raft.Message
+	n.filter = func(m *raft.Message) bool {
+		if m.Type == raft.MsgVoteResp && m.To == 3 {
+			resp = append(resp, *m)
+		}
+		return true
+	}
+	n.campaign(3)
+	n.stabilize()
+	if st := n.status(3); st.Term != 2 || st.State == raft.StateLeader {
+		t.Fatalf("node 3: %s in term %d, want a failed candidacy in term 2", st.State, st.Term)
+	}
+	if len(resp) != 1 || !resp[0].Reject || resp[0].From != 1 {
+		t.Fatalf("vote responses %v, want node 1's refusal", resp)
+	}
+
+	// A restarted leader keeps its log and commit index.
+	n.restart(2)
+	n.heal()
+	n.tick(4 * electionTick)
+	lead := n.leader()
+	idx := n.propose(lead, "x")
+	n.stabilize()
+	before := n.status(lead)
+	n.crash(lead)
+	n.restart(lead)
+	after := n.status(lead)
+	if after.State != raft.StateFollower || after.Term != before.Term || after.Commit != idx || after.LastIndex != idx || after.Applied != idx {
+		t.Fatalf("restarted leader: %+v, want follower in term %d with commit, last and applied %d", after, before.Term, idx)
 	}
 }
