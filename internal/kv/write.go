@@ -1,0 +1,403 @@
+package kv
+
+import (
+	"bytes"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+)
+
+// writer is one write transaction: every change it makes carries revision
+// begin+1, and the store revision moves to begin+1 on commit if anything
+// changed (etcd: one revision per write transaction, however many keys it
+// touches). A writer that may fail half-way keeps an undo log so that
+// rollback restores the store exactly.
+type writer struct {
+	s       *Store
+	begin   int64
+	changes int
+	track   bool // keep an undo log
+	undo    []undoRec
+	bytes   int64 // s.bytes at begin, for rollback
+}
+
+type undoRec struct {
+	key []byte
+	old kvItem
+	had bool
+}
+
+// beginWrite starts a write transaction; track asks for an undo log, which
+// only a txn (the one write that can fail half-way) needs.
+func (s *Store) beginWrite(track bool) *writer {
+	return &writer{s: s, begin: s.rev, bytes: s.bytes, track: track}
+}
+
+// readRev is the revision a read inside the transaction reports: begin,
+// or begin+1 once the transaction has changed something (etcd's
+// storeTxnWrite.Range).
+func (w *writer) readRev() int64 {
+	if w.changes > 0 {
+		return w.begin + 1
+	}
+	return w.begin
+}
+
+func (w *writer) commit() {
+	if w.changes > 0 {
+		w.s.rev = w.begin + 1
+	}
+	w.undo = nil
+}
+
+func (w *writer) rollback() {
+	for i := len(w.undo) - 1; i >= 0; i-- {
+		u := w.undo[i]
+		if u.had {
+			w.s.tree.ReplaceOrInsert(u.old)
+		} else {
+			w.s.tree.Delete(kvItem{key: u.key})
+		}
+	}
+	w.s.bytes = w.bytes
+	w.undo, w.changes = nil, 0
+}
+
+// put writes key=value over cur (the key's live item, if had) and keeps
+// the version and create_revision rules of etcd: a new key, or one
+// re-created after a delete, starts at version 1 with create_revision equal
+// to its mod_revision. The slices must not be modified afterwards; keys
+// and values come from freshly decoded commands, so nothing else holds
+// them.
+func (w *writer) put(key, value []byte, lease int64, cur kvItem, had bool) {
+	rev := w.begin + 1
+	it := kvItem{key: key, value: value, create: rev, mod: rev, version: 1, lease: lease}
+	if had {
+		it.key = cur.key
+		it.create = cur.create
+		it.version = cur.version + 1
+		w.s.bytes += int64(len(value) - len(cur.value))
+	} else {
+		w.s.bytes += int64(len(key) + len(value))
+	}
+	w.s.tree.ReplaceOrInsert(it)
+	if w.track {
+		w.undo = append(w.undo, undoRec{key: it.key, old: cur, had: had})
+	}
+	w.changes++
+}
+
+// deleteRange deletes the keys in the range and returns them.
+func (w *writer) deleteRange(key, end []byte) []kvItem {
+	var victims []kvItem
+	w.s.scan(key, end, func(it kvItem) bool {
+		victims = append(victims, it)
+		return true
+	})
+	for _, it := range victims {
+		w.s.tree.Delete(it)
+		w.s.bytes -= int64(len(it.key) + len(it.value))
+		if w.track {
+			w.undo = append(w.undo, undoRec{key: it.key, old: it, had: true})
+		}
+		w.changes++
+	}
+	return victims
+}
+
+// putOp executes a put inside a writer (etcd's put). The lease and
+// ignore_* checks are the caller's.
+func (w *writer) putOp(p *pb.PutRequest) *pb.PutResponse {
+	value, lease := p.Value, p.Lease
+	cur, ok := w.s.get(p.Key)
+	if p.IgnoreValue && ok {
+		value = cur.value
+	}
+	if p.IgnoreLease && ok {
+		lease = cur.lease
+	}
+	resp := &pb.PutResponse{}
+	if p.PrevKv && ok {
+		resp.PrevKv = toKV(cur, false)
+	}
+	w.put(p.Key, value, lease, cur, ok)
+	resp.Header = header(w.begin + 1)
+	return resp
+}
+
+// deleteOp executes a delete inside a writer (etcd's deleteRange).
+func (w *writer) deleteOp(d *pb.DeleteRangeRequest) *pb.DeleteRangeResponse {
+	victims := w.deleteRange(d.Key, d.RangeEnd)
+	resp := &pb.DeleteRangeResponse{Deleted: int64(len(victims))}
+	if d.PrevKv {
+		resp.PrevKvs = toKVs(victims, false)
+	}
+	// Revision begin+1 if this transaction has changed anything so far,
+	// else begin: a delete that deletes nothing writes nothing.
+	resp.Header = header(w.readRev())
+	return resp
+}
+
+// checkPut makes etcd's apply-time checks of a put: ignore_value and
+// ignore_lease need an existing key, and a lease must exist (Cairn has no
+// leases yet, so any lease is missing). leaseFirst picks etcd's order,
+// which differs between a plain Put and a put inside a txn.
+func (s *Store) checkPut(p *pb.PutRequest, leaseFirst bool) error {
+	checkIgnore := func() error {
+		if p.IgnoreValue || p.IgnoreLease {
+			if _, ok := s.get(p.Key); !ok {
+				return rpctypes.ErrGRPCKeyNotFound
+			}
+		}
+		return nil
+	}
+	if !leaseFirst {
+		if err := checkIgnore(); err != nil {
+			return err
+		}
+	}
+	if p.Lease != 0 {
+		return rpctypes.ErrGRPCLeaseNotFound
+	}
+	return checkIgnore()
+}
+
+func (s *Store) applyPut(p *pb.PutRequest) *Result {
+	if err := ValidatePut(p); err != nil {
+		return &Result{Err: err}
+	}
+	if err := s.checkPut(p, true); err != nil {
+		return &Result{Err: err}
+	}
+	w := s.beginWrite(false)
+	resp := w.putOp(p)
+	w.commit()
+	return &Result{Put: resp}
+}
+
+func (s *Store) applyDeleteRange(d *pb.DeleteRangeRequest) *Result {
+	if err := ValidateDeleteRange(d); err != nil {
+		return &Result{Err: err}
+	}
+	w := s.beginWrite(false)
+	resp := w.deleteOp(d)
+	w.commit()
+	return &Result{DeleteRange: resp}
+}
+
+func (s *Store) applyAppend(a *AppendRequest) *Result {
+	if err := ValidateAppend(a); err != nil {
+		return &Result{Err: err}
+	}
+	w := s.beginWrite(false)
+	var value []byte
+	cur, ok := s.get(a.Key)
+	lease := int64(0)
+	if ok {
+		// A fresh slice: the old value may be shared with a snapshot or a
+		// cached response and must never change.
+		value = make([]byte, 0, len(cur.value)+len(a.Value))
+		value = append(append(value, cur.value...), a.Value...)
+		lease = cur.lease
+	} else {
+		value = a.Value
+	}
+	w.put(a.Key, value, lease, cur, ok)
+	w.commit()
+	return &Result{Append: &AppendResponse{Revision: w.begin + 1, Length: int64(len(value))}}
+}
+
+// applyTxn runs a txn the way etcd does: all compares, including those of
+// nested txns on the chosen path, are evaluated against the state before
+// the txn; then the chosen ops run in order, each seeing the writes before
+// it. An error (a missing key for ignore_value, a lease, a read at an
+// unavailable revision) rolls the whole txn back.
+func (s *Store) applyTxn(r *pb.TxnRequest) *Result {
+	if err := ValidateTxn(r); err != nil {
+		return &Result{Err: err}
+	}
+	path := s.comparePath(r, nil)
+	w := s.beginWrite(true)
+	resp, _, err := w.execTxn(r, path)
+	if err != nil {
+		w.rollback()
+		return &Result{Err: err}
+	}
+	w.commit()
+	resp.Header.Revision = s.rev
+	return &Result{Txn: resp}
+}
+
+// comparePath evaluates the compares of r and, depth first, of the nested
+// txns on the branch they choose, appending one outcome per txn (etcd's
+// compareToPath).
+func (s *Store) comparePath(r *pb.TxnRequest, path []bool) []bool {
+	ok := true
+	for _, c := range r.Compare {
+		if !s.compare(c) {
+			ok = false
+			break
+		}
+	}
+	path = append(path, ok)
+	for _, op := range branch(r, ok) {
+		if t := op.GetRequestTxn(); t != nil {
+			path = s.comparePath(t, path)
+		}
+	}
+	return path
+}
+
+func branch(r *pb.TxnRequest, succeeded bool) []*pb.RequestOp {
+	if succeeded {
+		return r.Success
+	}
+	return r.Failure
+}
+
+// execTxn runs the branch path[0] chose and returns the unused rest of
+// path. A nested txn's response header carries no revision, as in etcd.
+func (w *writer) execTxn(r *pb.TxnRequest, path []bool) (*pb.TxnResponse, []bool, error) {
+	ok := path[0]
+	path = path[1:]
+	ops := branch(r, ok)
+	resp := &pb.TxnResponse{Header: &pb.ResponseHeader{}, Succeeded: ok, Responses: make([]*pb.ResponseOp, len(ops))}
+	for i, op := range ops {
+		var out pb.ResponseOp
+		switch v := op.Request.(type) {
+		case *pb.RequestOp_RequestRange:
+			rr := v.RequestRange
+			switch {
+			case rr.Revision > w.begin:
+				return nil, nil, rpctypes.ErrGRPCFutureRev
+			case rr.Revision > 0 && (rr.Revision < w.begin || w.changes > 0):
+				// At begin after a write of this txn, etcd would read the
+				// state before the txn: history Cairn does not keep.
+				return nil, nil, errHistoricalRead(rr.Revision, w.readRev())
+			}
+			out.Response = &pb.ResponseOp_ResponseRange{ResponseRange: w.s.rangeLocked(rr, w.readRev())}
+		case *pb.RequestOp_RequestPut:
+			if err := w.s.checkPut(v.RequestPut, false); err != nil {
+				return nil, nil, err
+			}
+			out.Response = &pb.ResponseOp_ResponsePut{ResponsePut: w.putOp(v.RequestPut)}
+		case *pb.RequestOp_RequestDeleteRange:
+			out.Response = &pb.ResponseOp_ResponseDeleteRange{ResponseDeleteRange: w.deleteOp(v.RequestDeleteRange)}
+		case *pb.RequestOp_RequestTxn:
+			sub, rest, err := w.execTxn(v.RequestTxn, path)
+			if err != nil {
+				return nil, nil, err
+			}
+			path = rest
+			out.Response = &pb.ResponseOp_ResponseTxn{ResponseTxn: sub}
+		}
+		resp.Responses[i] = &out
+	}
+	return resp, path, nil
+}
+
+// compare evaluates one txn compare against the current state (etcd's
+// applyCompare): every key in the range must satisfy it; a missing key
+// compares as zero revisions and version, except that a value compare on a
+// missing key always fails.
+func (s *Store) compare(c *pb.Compare) bool {
+	matched := false
+	ok := true
+	s.scan(c.Key, c.RangeEnd, func(it kvItem) bool {
+		matched = true
+		ok = compareItem(c, it)
+		return ok
+	})
+	if !matched {
+		if c.Target == pb.Compare_VALUE {
+			return false
+		}
+		return compareItem(c, kvItem{})
+	}
+	return ok
+}
+
+func compareItem(c *pb.Compare, it kvItem) bool {
+	var res int
+	switch c.Target {
+	case pb.Compare_VALUE:
+		res = bytes.Compare(it.value, c.GetValue())
+	case pb.Compare_CREATE:
+		res = cmpInt(it.create, c.GetCreateRevision())
+	case pb.Compare_MOD:
+		res = cmpInt(it.mod, c.GetModRevision())
+	case pb.Compare_VERSION:
+		res = cmpInt(it.version, c.GetVersion())
+	case pb.Compare_LEASE:
+		res = cmpInt(it.lease, c.GetLease())
+	}
+	switch c.Result {
+	case pb.Compare_EQUAL:
+		return res == 0
+	case pb.Compare_NOT_EQUAL:
+		return res != 0
+	case pb.Compare_GREATER:
+		return res > 0
+	case pb.Compare_LESS:
+		return res < 0
+	}
+	return true
+}
+
+func cmpInt(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// toKV copies an item into a KeyValue the caller owns.
+func toKV(it kvItem, keysOnly bool) *mvccpb.KeyValue {
+	kv := &mvccpb.KeyValue{
+		Key:            clone(it.key),
+		CreateRevision: it.create,
+		ModRevision:    it.mod,
+		Version:        it.version,
+		Lease:          it.lease,
+	}
+	if !keysOnly {
+		kv.Value = clone(it.value)
+	}
+	return kv
+}
+
+// toKVs converts items into KeyValues the caller owns, with all keys and
+// values in one allocation.
+func toKVs(items []kvItem, keysOnly bool) []*mvccpb.KeyValue {
+	if len(items) == 0 {
+		return nil
+	}
+	n := 0
+	for _, it := range items {
+		n += len(it.key)
+		if !keysOnly {
+			n += len(it.value)
+		}
+	}
+	buf := make([]byte, 0, n)
+	kvs := make([]mvccpb.KeyValue, len(items))
+	out := make([]*mvccpb.KeyValue, len(items))
+	for i, it := range items {
+		kv := &kvs[i]
+		start := len(buf)
+		buf = append(buf, it.key...)
+		kv.Key = buf[start:len(buf):len(buf)]
+		if !keysOnly && len(it.value) > 0 {
+			start = len(buf)
+			buf = append(buf, it.value...)
+			kv.Value = buf[start:len(buf):len(buf)]
+		}
+		kv.CreateRevision, kv.ModRevision, kv.Version, kv.Lease = it.create, it.mod, it.version, it.lease
+		out[i] = kv
+	}
+	return out
+}
