@@ -264,6 +264,9 @@ func finalizeOutput(out string, ok bool) error {
 		}
 		return SyncDir(out)
 	}
+	// A failed job leaves no empty output directory behind, so the same
+	// command can be run again.
+	os.Remove(out)
 	return nil
 }
 

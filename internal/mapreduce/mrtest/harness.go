@@ -24,8 +24,8 @@ import (
 // FastSched is a scheduling policy for tests: failures are detected in
 // about a second.
 var FastSched = sched.Config{
-	HeartbeatTimeout: time.Second,
-	TaskTimeout:      5 * time.Second,
+	HeartbeatTimeout: 700 * time.Millisecond,
+	TaskTimeout:      3 * time.Second,
 	BackupMinAge:     300 * time.Millisecond,
 	BackupFactor:     2,
 }
@@ -174,6 +174,18 @@ func (c *Cluster) AddWorker() *Worker {
 	return h
 }
 
+// Wait waits up to timeout for the worker's Run to return, and returns
+// whether it returned and with which error.
+func (w *Worker) Wait(timeout time.Duration) (bool, error) {
+	select {
+	case err := <-w.Done:
+		w.Done <- err
+		return true, err
+	case <-time.After(timeout):
+		return false, nil
+	}
+}
+
 // Stop stops the worker (it returns from Run).
 func (w *Worker) Stop() {
 	w.cancel()
@@ -199,10 +211,7 @@ func (c *Cluster) Close() {
 		w.cancel()
 	}
 	for _, w := range ws {
-		select {
-		case err := <-w.Done:
-			w.Done <- err
-		case <-time.After(10 * time.Second):
+		if ok, _ := w.Wait(10 * time.Second); !ok {
 			c.T.Errorf("worker %s did not stop", w.W.ID())
 		}
 	}

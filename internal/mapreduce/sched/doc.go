@@ -25,7 +25,8 @@
 //     in-progress task running longer than Config.BackupFactor times the
 //     median duration of that phase's completed tasks (and at least
 //     Config.BackupMinAge) gets one backup execution on another worker.
-//     An attempt older than Config.TaskTimeout qualifies without a median.
+//     An attempt older than Config.TaskTimeout qualifies without a median,
+//     and a task whose every attempt is that old (all hung) gets one more.
 //   - Bounded retries: a task whose user code fails Config.MaxFailures
 //     times fails the job, with the task's last error.
 package sched

@@ -407,11 +407,13 @@ func (s *Scheduler) pick(tasks []*Task, worker string, now time.Time) *Task {
 	var best *Task
 	var bestAge time.Duration
 	for _, t := range tasks {
-		if t.State != TaskRunning || len(t.Running) != 1 || t.Running[0].Worker == worker {
+		if t.State != TaskRunning || slices.ContainsFunc(t.Running, func(a Attempt) bool { return a.Worker == worker }) {
 			continue
 		}
-		age := now.Sub(t.Running[0].Start)
-		slow := (threshold >= 0 && age >= threshold) || age >= s.cfg.TaskTimeout
+		// The youngest attempt decides: a task gets one backup when it is
+		// slow, and one more only when every attempt it has is hung.
+		age := now.Sub(t.Running[len(t.Running)-1].Start)
+		slow := age >= s.cfg.TaskTimeout || (len(t.Running) == 1 && threshold >= 0 && age >= threshold)
 		if slow && (best == nil || age > bestAge) {
 			best, bestAge = t, age
 		}

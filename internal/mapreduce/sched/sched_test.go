@@ -161,10 +161,13 @@ func TestBackupTasks(t *testing.T) {
 }
 
 func TestHungTaskGetsBackupAfterTaskTimeout(t *testing.T) {
-	s, _ := newJob(t, 2, 1, 1)
+	s, _ := newJob(t, 3, 1, 1)
 	s.RequestTask("w1", at(0))
 	mustKind(t, s.RequestTask("w2", at(59*sec)), KindWait, 0)
 	mustKind(t, s.RequestTask("w2", at(60*sec)), KindMap, 0)
+	// The backup hangs too: a third attempt only once it is as old.
+	mustKind(t, s.RequestTask("w3", at(119*sec)), KindWait, 0)
+	mustKind(t, s.RequestTask("w3", at(120*sec)), KindMap, 0)
 }
 
 func TestBoundedRetriesFailJob(t *testing.T) {
