@@ -191,8 +191,8 @@ func (p *peer) run() {
 		// Do not pin references to sent entries, nor a huge buffer.
 		clear(batch)
 		batch = batch[:0]
-		if cap(buf) > 1<<20 {
-			buf = nil
+		if cap(buf) > 2*targetFrameSize {
+			buf = nil // a rare huge message; do not pin its buffer
 		}
 	}
 }
@@ -229,8 +229,14 @@ func (p *peer) waitUntil(deadline time.Time) bool {
 	}
 }
 
-// writeBatch encodes batch into frames of at most MaxMessageSize payload
-// bytes, writes them through bw and flushes. It returns the (possibly
+// targetFrameSize is where the writer closes a batch frame and starts
+// another: big enough that a frame header and CRC call are noise, small
+// enough that the encode buffer and the receiver's read buffer are reused
+// rather than reallocated. Frames are still one flush per batch.
+const targetFrameSize = 1 << 20
+
+// writeBatch encodes batch into frames of about targetFrameSize and at
+// most MaxMessageSize payload bytes, writes them through bw and flushes. It returns the (possibly
 // grown) encoding buffer for reuse. Each message is encoded once, directly
 // into the frame buffer.
 func (p *peer) writeBatch(conn net.Conn, bw *bufio.Writer, batch []raft.Message, buf []byte) ([]byte, error) {
@@ -275,6 +281,14 @@ func (p *peer) writeBatch(conn net.Conn, bw *bufio.Writer, batch []raft.Message,
 			inFrame = 0
 		}
 		inFrame++
+		if len(buf)-frameHeaderSize >= targetFrameSize {
+			// Keep frames near the target so the buffers on both
+			// sides stay reusable instead of growing per batch.
+			if err := emit(buf); err != nil {
+				return buf, err
+			}
+			buf, inFrame = buf[:frameHeaderSize], 0
+		}
 	}
 	if inFrame > 0 {
 		if err := emit(buf); err != nil {

@@ -396,6 +396,9 @@ func (t *Transport) readMessages(c net.Conn, from uint64, remote string) {
 			t.reject(remote, from, "decode batch", err)
 			return
 		}
+		if cap(fr.buf) > 2*targetFrameSize {
+			fr.buf = nil // do not pin a rare huge frame's buffer per connection
+		}
 		if t.ctx.Err() != nil {
 			return
 		}

@@ -43,6 +43,11 @@ func TestExchangeOrdered(t *testing.T) {
 			}
 		}
 	}
+	// A writer counts a batch after its flush, which may be after the
+	// receiver saw it; Close waits for the writers.
+	for _, n := range nodes {
+		n.tr.Close()
+	}
 	for _, n := range nodes {
 		s := n.tr.Stats()
 		if s.MessagesSent != 2*perPeer || s.MessagesReceived != 2*perPeer || s.Dropped != 0 {
@@ -68,6 +73,7 @@ func TestBatching(t *testing.T) {
 			t.Fatalf("message %d has index %d", i, m.Index)
 		}
 	}
+	a.tr.Close() // the writer counts after its flush
 	sa, sb := a.tr.Stats(), b.tr.Stats()
 	if sa.MessagesSent != n || sa.FramesSent != 1 || sb.FramesReceived != 1 || sb.MessagesReceived != n {
 		t.Fatalf("want %d messages in 1 frame; sender %+v receiver %+v", n, sa, sb)
@@ -97,6 +103,7 @@ func TestBatchSplitsAtMaxMessageSize(t *testing.T) {
 			t.Fatalf("message %d has index %d", i, m.Index)
 		}
 	}
+	a.tr.Close()
 	s := a.tr.Stats()
 	// ~1030 bytes per message, so 7 per 8 KiB frame.
 	if s.FramesSent < n/8 || s.FramesSent > n/6 || s.Dropped != 0 {
@@ -300,6 +307,7 @@ func TestMaxMessageSize(t *testing.T) {
 			t.Fatalf("got %v", m)
 		}
 		a.log.waitLog(t, "larger than MaxMessageSize", "peer=2", "size=82", "limit=4096")
+		a.tr.Close()
 		if s := a.tr.Stats(); s.Dropped != 1 || s.MessagesSent != 1 {
 			t.Fatalf("stats %+v", s)
 		}
