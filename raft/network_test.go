@@ -257,7 +257,6 @@ func (n *network) deliverAll() {
 }
 
 func (n *network) deliver(m raft.Message) {
-	n.t.Helper()
 	to := n.nodes[m.To]
 	ok := to != nil && to.rn != nil && !n.drops[[2]uint64{m.From, m.To}]
 	if ok && n.filter != nil {
@@ -281,7 +280,6 @@ func (n *network) deliver(m raft.Message) {
 // handleReady handles one Ready of nd following the contract in doc.go and
 // checks the harness invariants. It reports whether there was one.
 func (n *network) handleReady(nd *testNode) bool {
-	n.t.Helper()
 	if nd.rn == nil || !nd.rn.HasReady() {
 		return false
 	}
