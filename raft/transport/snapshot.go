@@ -39,6 +39,7 @@ func (p *peer) startSnapshot(m raft.Message) {
 	if m.Snapshot == nil || m.Snapshot.IsEmpty() {
 		t.stats.dropped.Add(1)
 		t.log.Error("transport: dropping MsgSnap without snapshot metadata", "peer", p.id)
+		t.cfg.Handler.ReportSnapshot(p.id, false)
 		return
 	}
 	if !p.snapBusy.CompareAndSwap(false, true) {

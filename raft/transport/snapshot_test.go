@@ -284,4 +284,45 @@ func TestSnapshotNoStore(t *testing.T) {
 		t.Fatal("snapshot to a receiver without store succeeded")
 	}
 	b.log.waitLog(t, "no SnapshotStore")
+	// Dropped snapshots are reported too, or the leader would wait forever.
+	a.tr.Send([]raft.Message{snapMsg(1, 9, 5)})
+	if r := recvSnap(t, a); r != (snapReport{9, false}) {
+		t.Fatalf("ReportSnapshot = %+v", r)
+	}
+	m = snapMsg(1, 2, 5)
+	m.Snapshot = nil
+	a.tr.Send([]raft.Message{m})
+	if r := recvSnap(t, a); r != (snapReport{2, false}) {
+		t.Fatalf("ReportSnapshot = %+v", r)
+	}
+}
+
+// Raft has one snapshot in flight per follower; a second MsgSnap sent
+// meanwhile is dropped without a report, since the first one reports.
+func TestSnapshotOneInFlight(t *testing.T) {
+	checkNoLeaks(t)
+	g := newGate()
+	recv := &memStore{}
+	a, b := snapPair(t, nil, recv, func(c *Config) { c.Dialer = g.dial })
+	m := snapMsg(1, 2, 7)
+	m.Snapshot.Data = []byte("first")
+	a.tr.Send([]raft.Message{m})
+	<-g.dialing // the stream is under way
+	m2 := snapMsg(1, 2, 8)
+	m2.Snapshot.Data = []byte("second")
+	a.tr.Send([]raft.Message{m2})
+	if s := a.tr.Stats(); s.Dropped != 1 {
+		t.Fatalf("stats %+v", s)
+	}
+	close(g.release)
+	if r := recvSnap(t, a); r != (snapReport{2, true}) {
+		t.Fatalf("ReportSnapshot = %+v", r)
+	}
+	if m := recvMsg(t, b); m.Snapshot.Meta.Index != 7 {
+		t.Fatalf("processed %v", m)
+	}
+	a.tr.Close()
+	if len(a.h.snaps) != 0 {
+		t.Fatal("dropped snapshot was reported")
+	}
 }

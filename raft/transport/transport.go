@@ -136,9 +136,10 @@ func (t *Transport) RemovePeer(id uint64) {
 // blocking. A message whose peer is unknown or whose queue is full is
 // dropped, and ReportUnreachable is called: Raft retransmits, and the Raft
 // loop must never wait on the network. MsgSnap messages are streamed on
-// their own connection (one at a time per peer; a second one sent while
-// the first is in flight is dropped), and their outcome is reported with
-// ReportSnapshot.
+// their own connection, and their outcome is always reported with
+// ReportSnapshot, also when they are dropped; the exception is a MsgSnap
+// sent while another is in flight to the same peer, which is dropped
+// silently because the one in flight will report.
 //
 // The transport keeps references to the messages' Entries, Context and
 // Snapshot until they are written; the caller must not modify them.
@@ -156,6 +157,10 @@ func (t *Transport) Send(msgs []raft.Message) {
 			t.stats.dropped.Add(1)
 			t.log.Debug("transport: dropping message to unknown peer", "peer", m.To, "type", m.Type)
 			t.cfg.Handler.ReportUnreachable(m.To)
+			if m.Type == raft.MsgSnap {
+				// The leader waits for this before it retries (§7).
+				t.cfg.Handler.ReportSnapshot(m.To, false)
+			}
 			continue
 		}
 		if m.Type == raft.MsgSnap {
