@@ -206,6 +206,10 @@ func (t *Transport) receiveSnapshot(c net.Conn, from uint64, remote string) {
 		err = t.checkSnapshotHeader(&m, from)
 	}
 	if err != nil {
+		if !isProtocolErr(err) {
+			t.log.Debug("transport: snapshot stream ended before its header", "remote", remote, "peer", from, "err", err)
+			return
+		}
 		t.reject(remote, from, "snapshot header", err)
 		return
 	}
@@ -250,7 +254,6 @@ func (t *Transport) receiveSnapshot(c net.Conn, from uint64, remote string) {
 	}
 	if err != nil {
 		if t.ctx.Err() == nil {
-			t.stats.rejected.Add(1)
 			log.Warn("transport: snapshot not installed", "err", err)
 		}
 		t.sendAck(c, err)

@@ -384,8 +384,10 @@ func (t *Transport) readMessages(c net.Conn, from uint64, remote string) {
 	for {
 		typ, payload, err := fr.next()
 		if err != nil {
-			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
-				t.log.Debug("transport: inbound connection closed", "remote", remote, "peer", from)
+			if !isProtocolErr(err) {
+				// The peer went away (closed, crashed, reset) or we
+				// are closing: not its fault, nothing to warn about.
+				t.log.Debug("transport: inbound connection ended", "remote", remote, "peer", from, "err", err)
 				return
 			}
 			t.reject(remote, from, "read frame", err)
@@ -408,6 +410,11 @@ func (t *Transport) readMessages(c net.Conn, from uint64, remote string) {
 			return
 		}
 	}
+}
+
+// isProtocolErr tells a misbehaving peer from a failing connection.
+func isProtocolErr(err error) bool {
+	return errors.Is(err, ErrProtocol) || errors.Is(err, ErrChecksum) || errors.Is(err, ErrFrameTooLarge)
 }
 
 // checkInbound rejects messages a peer may not send us.
