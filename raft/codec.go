@@ -260,9 +260,12 @@ func AppendMessage(b []byte, m *Message) []byte {
 // MessageSize returns an upper bound on the encoded size of m, used for
 // flow control without encoding.
 func MessageSize(m *Message) int {
-	n := 64 + len(m.Context)
+	// Fixed fields: version, type and flags (1 byte each as used), seven
+	// uvarints of at most 10 bytes, two length prefixes.
+	n := 3 + 7*10 + 2*10 + len(m.Context)
 	for i := range m.Entries {
-		n += 24 + len(m.Entries[i].Data)
+		// term, index, type, length prefix: at most 10+10+1+10 bytes.
+		n += 31 + len(m.Entries[i].Data)
 	}
 	if m.Snapshot != nil {
 		n += 64 + len(m.Snapshot.Data) + 10*(len(m.Snapshot.Meta.ConfState.Voters)+len(m.Snapshot.Meta.ConfState.Learners))

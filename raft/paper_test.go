@@ -638,8 +638,6 @@ func TestReadIndexNewLeaderWaitsForItsTerm(t *testing.T) {
 //
 // Reference: thesis §6.4 step 1.
 func TestReadIndexSingleVoterAfterRestart(t *testing.T) {
-	knownBug(t, "stepLeader answers MsgReadIndex on a single-voter leader with r.log.committed "+
-		"before committedEntryInCurrentTerm; after a restart that lost an unsynced commit index this is a stale read")
 	n := newNetwork(t, 1, nil)
 	n.elect(1)
 	var commitOnly bool

@@ -82,6 +82,9 @@ type raft struct {
 	checkQuorum bool
 	preVote     bool
 
+	// bcastPending: appends to every follower are due (see bcastAppend).
+	bcastPending bool
+
 	leadTransferee uint64
 	// pendingConfIndex is the index of the last membership change the
 	// leader proposed (or its first index as leader, which covers changes
@@ -122,10 +125,12 @@ func newRaft(c *Config) (*raft, error) {
 	}
 	r.applyConfState(cs)
 	if !hs.IsEmpty() {
-		if hs.Commit < r.log.committed || hs.Commit > r.log.lastIndex() {
-			return nil, fmt.Errorf("raft: stored commit index %d is outside the log [%d, %d]", hs.Commit, r.log.committed, r.log.lastIndex())
+		if hs.Commit > r.log.lastIndex() {
+			return nil, fmt.Errorf("raft: stored commit index %d is beyond the last stored entry %d", hs.Commit, r.log.lastIndex())
 		}
-		r.log.committed = hs.Commit
+		// A snapshot implies its index is committed even if the hard
+		// state's commit index (written without fsync) lags it.
+		r.log.committed = max(hs.Commit, r.log.committed)
 		r.term = hs.Term
 		r.vote = hs.Vote
 	}
@@ -272,7 +277,21 @@ func (r *raft) sendHeartbeat(to uint64, ctx []byte) {
 	r.send(Message{To: to, Type: MsgHeartbeat, Commit: commit, Context: ctx})
 }
 
-func (r *raft) bcastAppend() {
+// bcastAppend schedules an append (or heartbeat-like empty append carrying
+// the commit index) to every follower. The sends happen once, when the
+// driver next asks for a Ready, so that many proposals or commit advances
+// in one batch become one append per follower.
+func (r *raft) bcastAppend() { r.bcastPending = true }
+
+// flushBcast sends the appends scheduled by bcastAppend.
+func (r *raft) flushBcast() {
+	if !r.bcastPending {
+		return
+	}
+	r.bcastPending = false
+	if r.state != StateLeader {
+		return
+	}
 	for _, id := range r.trk.members() {
 		if id != r.id {
 			r.maybeSendAppend(id, true)
@@ -556,10 +575,9 @@ func (r *raft) stepLeader(m Message) error {
 	case MsgProp:
 		return r.leaderPropose(m)
 	case MsgReadIndex:
-		if len(r.trk.voters) == 1 && r.trk.isVoter(r.id) {
-			r.respondReadIndex(m, r.log.committed)
-			return nil
-		}
+		// Even a single voter must first commit an entry of its term: its
+		// commit index is persisted without fsync and may lag an applied,
+		// acknowledged write after a restart (§6.4 step 1).
 		if !r.committedEntryInCurrentTerm() {
 			r.pendingReadIndexMessages = append(r.pendingReadIndexMessages, m)
 			return nil
@@ -744,6 +762,11 @@ func (r *raft) releasePendingReadIndexMessages() {
 // leadership with a heartbeat round; many reads share one round because a
 // heartbeat ack confirms every read queued before it (thesis §6.4).
 func (r *raft) startReadIndex(m Message) {
+	if len(r.trk.voters) == 1 && r.trk.isVoter(r.id) {
+		// We are the whole quorum: no round needed.
+		r.respondReadIndex(m, r.log.committed)
+		return
+	}
 	r.readOnly.addRequest(r.log.committed, m)
 	r.readOnly.recvAck(r.id, m.Context)
 	r.bcastHeartbeatWithCtx(m.Context)

@@ -207,6 +207,7 @@ func (rn *RawNode) mustBeClosed() {
 // HasReady reports whether Ready would return anything.
 func (rn *RawNode) HasReady() bool {
 	r := rn.r
+	r.flushBcast()
 	if r.softState() != rn.prevSoft {
 		return true
 	}
@@ -227,6 +228,7 @@ func (rn *RawNode) HasReady() bool {
 func (rn *RawNode) Ready() Ready {
 	rn.mustBeClosed()
 	r := rn.r
+	r.flushBcast()
 	rd := Ready{
 		Entries:           r.log.unstable.entries,
 		CommittedEntries:  r.log.nextCommittedEnts(),
@@ -303,7 +305,6 @@ func (rn *RawNode) Advance(rd Ready) {
 			}
 		}
 	}
-	// A single-voter leader confirms reads by itself.
 }
 
 // ConfState returns the membership as of the last applied entry; a

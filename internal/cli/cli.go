@@ -20,6 +20,15 @@ func commands() map[string]command {
 	return map[string]command{
 		"version": {"print the version", runVersion},
 		"sim":     {"run the deterministic Raft simulator over a seed range", runSim},
+		"server":  {"run one member of a key/value cluster", runServer},
+		"put":     {"set a key: put KEY VALUE", runPut},
+		"get":     {"read a key or a prefix: get [--prefix] KEY", runGet},
+		"del":     {"delete a key or a prefix: del [--prefix] KEY", runDel},
+		"append":  {"append to a key's value: append KEY VALUE", runAppend},
+		"status":  {"show each endpoint's member, leader, term and indexes", runStatus},
+		"member":  {"list, add, remove or promote members", runMember},
+		"dev":     {"run a local 3-member cluster until Ctrl-C", runDev},
+		"demo":    {"start a cluster, kill its leader, show nothing is lost", runDemo},
 		"mr":      {"MapReduce: coordinator, worker, submit, status, run", runMR},
 	}
 }

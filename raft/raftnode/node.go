@@ -122,10 +122,10 @@ type Node struct {
 type proposalReq struct {
 	data    []byte
 	forward bool // Submit: forward to the leader, do not wait
-	cc    *raft.ConfChange
-	index uint64
-	term  uint64
-	done  chan proposalResult
+	cc      *raft.ConfChange
+	index   uint64
+	term    uint64
+	done    chan proposalResult
 }
 
 type proposalResult struct {

@@ -1,0 +1,229 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/cairn-db/cairn/internal/kv"
+	"github.com/cairn-db/cairn/raft"
+	"github.com/cairn-db/cairn/raft/raftnode"
+)
+
+// Metadata keys with which Cairn's client attaches an exactly-once session
+// to a write. etcd's clients never send them, so their writes carry no
+// session.
+const (
+	mdClientID = "cairn-client-id"
+	mdSeq      = "cairn-seq"
+)
+
+// kvService implements etcd's KV service.
+type kvService struct {
+	pb.UnimplementedKVServer
+	s *Server
+}
+
+func (k *kvService) Range(ctx context.Context, req *pb.RangeRequest) (*pb.RangeResponse, error) {
+	if err := k.s.checkSize(req); err != nil {
+		return nil, err
+	}
+	if err := kv.ValidateRange(req); err != nil {
+		return nil, err
+	}
+	if !req.Serializable {
+		if err := k.s.linearizableRead(ctx); err != nil {
+			return nil, err
+		}
+	}
+	resp, err := k.s.sm.store.Range(req)
+	if err != nil {
+		return nil, err
+	}
+	k.s.fillHeader(&resp.Header)
+	return resp, nil
+}
+
+func (k *kvService) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse, error) {
+	if err := k.s.checkSize(req); err != nil {
+		return nil, err
+	}
+	if err := kv.ValidatePut(req); err != nil {
+		return nil, err
+	}
+	res, err := k.s.write(ctx, &kv.Command{Put: req})
+	if err != nil {
+		return nil, err
+	}
+	k.s.fillHeader(&res.Put.Header)
+	return res.Put, nil
+}
+
+func (k *kvService) DeleteRange(ctx context.Context, req *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
+	if err := k.s.checkSize(req); err != nil {
+		return nil, err
+	}
+	if err := kv.ValidateDeleteRange(req); err != nil {
+		return nil, err
+	}
+	res, err := k.s.write(ctx, &kv.Command{DeleteRange: req})
+	if err != nil {
+		return nil, err
+	}
+	k.s.fillHeader(&res.DeleteRange.Header)
+	return res.DeleteRange, nil
+}
+
+func (k *kvService) Txn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse, error) {
+	if err := k.s.checkSize(req); err != nil {
+		return nil, err
+	}
+	if err := kv.ValidateTxn(req); err != nil {
+		return nil, err
+	}
+	res, err := k.s.write(ctx, &kv.Command{Txn: req})
+	if err != nil {
+		return nil, err
+	}
+	k.s.fillHeader(&res.Txn.Header)
+	return res.Txn, nil
+}
+
+func (k *kvService) Compact(context.Context, *pb.CompactionRequest) (*pb.CompactionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "cairn: compaction is not needed: Cairn keeps only the latest revision of each key")
+}
+
+// checkSize rejects requests over MaxRequestBytes with etcd's error.
+func (s *Server) checkSize(m interface{ Size() int }) error {
+	if m.Size() > s.cfg.MaxRequestBytes {
+		return rpctypes.ErrGRPCRequestTooLarge
+	}
+	return nil
+}
+
+// session reads the exactly-once session from the request metadata.
+func session(ctx context.Context) (clientID, seq uint64, err error) {
+	md, ok := metadata.FromIncomingContext(ctx)
+	if !ok {
+		return 0, 0, nil
+	}
+	ids, seqs := md.Get(mdClientID), md.Get(mdSeq)
+	if len(ids) == 0 && len(seqs) == 0 {
+		return 0, 0, nil
+	}
+	if len(ids) != 1 || len(seqs) != 1 {
+		return 0, 0, status.Errorf(codes.InvalidArgument, "cairn: a session needs exactly one %s and one %s", mdClientID, mdSeq)
+	}
+	clientID, err1 := strconv.ParseUint(ids[0], 10, 64)
+	seq, err2 := strconv.ParseUint(seqs[0], 10, 64)
+	if err1 != nil || err2 != nil || clientID == 0 || seq == 0 {
+		return 0, 0, status.Errorf(codes.InvalidArgument, "cairn: %s and %s must be positive integers", mdClientID, mdSeq)
+	}
+	return clientID, seq, nil
+}
+
+// write replicates a command and waits for this member to apply it.
+func (s *Server) write(ctx context.Context, cmd *kv.Command) (*kv.Result, error) {
+	clientID, seq, err := session(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cmd.ClientID, cmd.Seq = clientID, seq
+	cmd.Time = time.Now().UnixNano()
+	res, err := s.propose(ctx, kindKV, cmd.Marshal())
+	if err != nil {
+		return nil, err
+	}
+	if res.Err != nil {
+		if errors.Is(res.Err, kv.ErrStaleSequence) {
+			return nil, status.Error(codes.FailedPrecondition, res.Err.Error())
+		}
+		return nil, res.Err
+	}
+	return res, nil
+}
+
+// propose submits an entry and waits until this member applies it. It
+// maps failures to the errors etcd's clients understand: Unavailable
+// errors (no leader, timeout, stopping) are retried by them.
+func (s *Server) propose(ctx context.Context, kind byte, payload []byte) (*kv.Result, error) {
+	id := s.reqIDs.Add(1)
+	ch := s.sm.register(id)
+	defer s.sm.unregister(id)
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	defer cancel()
+	s.metrics.proposals.Inc()
+	data := envelope{kind: kind, origin: s.id, reqID: id, payload: payload}.marshal()
+	if err := s.node.Submit(ctx, data); err != nil {
+		s.metrics.proposalsFailed.Inc()
+		return nil, s.mapError(ctx, err)
+	}
+	select {
+	case res := <-ch:
+		return res, nil
+	case <-ctx.Done():
+		s.metrics.proposalsFailed.Inc()
+		return nil, s.mapError(ctx, ctx.Err())
+	case <-s.node.Done():
+		return nil, rpctypes.ErrGRPCStopped
+	}
+}
+
+func (s *Server) mapError(ctx context.Context, err error) error {
+	var nle *raft.NotLeaderError
+	switch {
+	case errors.As(err, &nle):
+		return rpctypes.ErrGRPCNoLeader
+	case errors.Is(err, raftnode.ErrStopped):
+		return rpctypes.ErrGRPCStopped
+	case errors.Is(err, raftnode.ErrLeaderChanged):
+		return rpctypes.ErrGRPCLeaderChanged
+	case errors.Is(ctx.Err(), context.Canceled):
+		return status.Error(codes.Canceled, "cairn: request canceled; a write may or may not have been applied")
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, raftnode.ErrOutcomeUnknown):
+		// etcd's "request timed out": the write may or may not apply.
+		return rpctypes.ErrGRPCTimeout
+	}
+	return status.Error(codes.Internal, err.Error())
+}
+
+// linearizableRead waits until the local replica reflects every write
+// committed before the call (ReadIndex, thesis §6.4).
+func (s *Server) linearizableRead(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	defer cancel()
+	for {
+		_, err := s.node.ReadIndex(ctx)
+		if err == nil {
+			return nil
+		}
+		var nle *raft.NotLeaderError
+		if errors.Is(err, raftnode.ErrLeaderChanged) || errors.As(err, &nle) {
+			// Wait for a (new) leader, then retry: reads are idempotent.
+			if _, werr := s.node.WaitLeader(ctx); werr == nil {
+				continue
+			}
+		}
+		return s.mapError(ctx, err)
+	}
+}
+
+// fillHeader sets the header fields etcd's clients read.
+func (s *Server) fillHeader(h **pb.ResponseHeader) {
+	if *h == nil {
+		*h = &pb.ResponseHeader{}
+	}
+	(*h).ClusterId = s.clusterID
+	(*h).MemberId = s.id
+	(*h).RaftTerm = s.term.Load()
+	if (*h).Revision == 0 {
+		(*h).Revision = s.sm.store.Revision()
+	}
+}

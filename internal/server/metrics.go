@@ -1,0 +1,145 @@
+package server
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/cairn-db/cairn/raft"
+	"github.com/cairn-db/cairn/raft/raftnode"
+)
+
+// metrics are the server's Prometheus metrics, in a registry of its own
+// (no global state: several servers can run in one test process).
+type metrics struct {
+	reg             *prometheus.Registry
+	proposals       prometheus.Counter
+	proposalsFailed prometheus.Counter
+	fsync           prometheus.Histogram
+	snapshotBytes   prometheus.Histogram
+	leaderChanges   prometheus.Counter
+	peerSent        prometheus.Counter
+	applied         prometheus.Gauge
+	term            prometheus.Gauge
+	isLeader        prometheus.Gauge
+	hasLeader       prometheus.Gauge
+	keys            prometheus.Gauge
+	lastLeader      uint64
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		reg:             prometheus.NewRegistry(),
+		proposals:       prometheus.NewCounter(prometheus.CounterOpts{Name: "cairn_proposals_total", Help: "Writes submitted to Raft by this member."}),
+		proposalsFailed: prometheus.NewCounter(prometheus.CounterOpts{Name: "cairn_proposals_failed_total", Help: "Writes that failed or timed out (outcome unknown)."}),
+		fsync: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "cairn_wal_save_duration_seconds", Help: "Time to append a Ready batch to the WAL and fsync it.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}),
+		snapshotBytes: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "cairn_snapshot_bytes", Help: "Size of snapshots taken.",
+			Buckets: prometheus.ExponentialBuckets(1024, 4, 12)}),
+		leaderChanges: prometheus.NewCounter(prometheus.CounterOpts{Name: "cairn_leader_changes_total", Help: "Leader changes seen by this member."}),
+		peerSent:      prometheus.NewCounter(prometheus.CounterOpts{Name: "cairn_peer_messages_sent_total", Help: "Raft messages handed to the peer transport."}),
+		applied:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "cairn_applied_index", Help: "Last Raft index applied to the state machine."}),
+		term:          prometheus.NewGauge(prometheus.GaugeOpts{Name: "cairn_raft_term", Help: "Current Raft term."}),
+		isLeader:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "cairn_is_leader", Help: "1 if this member leads."}),
+		hasLeader:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "cairn_has_leader", Help: "1 if this member knows a leader."}),
+		keys:          prometheus.NewGauge(prometheus.GaugeOpts{Name: "cairn_keys", Help: "Keys in the store."}),
+	}
+	m.reg.MustRegister(m.proposals, m.proposalsFailed, m.fsync, m.snapshotBytes, m.leaderChanges, m.peerSent,
+		m.applied, m.term, m.isLeader, m.hasLeader, m.keys,
+		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	return m
+}
+
+// observe samples gauges; called on a timer by watchNode.
+func (m *metrics) observe(s *Server) {
+	lead := s.node.Leader()
+	if lead != m.lastLeader {
+		if m.lastLeader != raft.None || lead != raft.None {
+			m.leaderChanges.Inc()
+		}
+		m.lastLeader = lead
+	}
+	m.applied.Set(float64(s.sm.appliedIndex()))
+	m.term.Set(float64(s.node.Term()))
+	m.isLeader.Set(b2f(lead == s.id))
+	m.hasLeader.Set(b2f(lead != raft.None))
+	m.keys.Set(float64(s.sm.store.Stats().Keys))
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func (s *Server) metricsHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/health", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if s.node.Leader() == raft.None {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintln(w, `{"health":"false","reason":"no leader"}`)
+			return
+		}
+		fmt.Fprintln(w, `{"health":"true"}`)
+	})
+	return mux
+}
+
+// timedStorage measures WAL saves and snapshot sizes.
+type timedStorage struct {
+	raftnode.DiskStorage
+	m *metrics
+}
+
+func (t *timedStorage) Save(hs raft.HardState, ents []raft.Entry, sync bool) error {
+	if len(ents) == 0 && hs.IsEmpty() {
+		return nil
+	}
+	start := time.Now()
+	err := t.DiskStorage.Save(hs, ents, sync)
+	t.m.fsync.Observe(time.Since(start).Seconds())
+	return err
+}
+
+func (t *timedStorage) CreateSnapshot(index uint64, cs raft.ConfState, keep uint64, write func(io.Writer) error) error {
+	var n int64
+	err := t.DiskStorage.CreateSnapshot(index, cs, keep, func(w io.Writer) error {
+		cw := &countWriter{w: w}
+		err := write(cw)
+		n = cw.n
+		return err
+	})
+	if err == nil {
+		t.m.snapshotBytes.Observe(float64(n))
+	}
+	return err
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// countingTransport counts messages sent to peers.
+type countingTransport struct {
+	raftnode.Transport
+	m *metrics
+}
+
+func (c *countingTransport) Send(msgs []raft.Message) {
+	c.m.peerSent.Add(float64(len(msgs)))
+	c.Transport.Send(msgs)
+}

@@ -1,0 +1,301 @@
+package server
+
+import (
+	"bufio"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+
+	"github.com/cairn-db/cairn/internal/kv"
+	"github.com/cairn-db/cairn/raft"
+)
+
+// Entry kinds: the first byte of every entry the server proposes.
+const (
+	kindKV      byte = 1 // a kv.Command
+	kindPublish byte = 2 // a member announcing its name and addresses
+)
+
+// envelope wraps a proposal with the proposing member and a request ID
+// unique on that member, so the proposer recognizes its entry when it is
+// applied, whichever member's leader appended it.
+type envelope struct {
+	kind    byte
+	origin  uint64
+	reqID   uint64
+	payload []byte
+}
+
+func (e envelope) marshal() []byte {
+	b := make([]byte, 0, 1+2*binary.MaxVarintLen64+len(e.payload))
+	b = append(b, e.kind)
+	b = binary.AppendUvarint(b, e.origin)
+	b = binary.AppendUvarint(b, e.reqID)
+	return append(b, e.payload...)
+}
+
+var errBadEnvelope = errors.New("server: undecodable log entry")
+
+func unmarshalEnvelope(b []byte) (envelope, error) {
+	if len(b) < 3 {
+		return envelope{}, errBadEnvelope
+	}
+	e := envelope{kind: b[0]}
+	b = b[1:]
+	var n int
+	if e.origin, n = binary.Uvarint(b); n <= 0 {
+		return envelope{}, errBadEnvelope
+	}
+	b = b[n:]
+	if e.reqID, n = binary.Uvarint(b); n <= 0 {
+		return envelope{}, errBadEnvelope
+	}
+	e.payload = b[n:]
+	return e, nil
+}
+
+// MemberInfo is what the cluster knows of one member.
+type MemberInfo struct {
+	ID         uint64 `json:"id"`
+	Name       string `json:"name,omitempty"`
+	PeerAddr   string `json:"peer_addr,omitempty"`
+	ClientAddr string `json:"client_addr,omitempty"`
+	IsLearner  bool   `json:"is_learner,omitempty"`
+}
+
+// confContext is carried in a ConfChange's Context.
+type confContext struct {
+	PeerAddr string `json:"peer_addr"`
+}
+
+// stateMachine is the server's replicated state: the key/value store and
+// the member table. It implements raftnode.StateMachine. Apply runs on the
+// Raft goroutine; the waiter table and member table are shared with the
+// gRPC handlers under mu.
+type stateMachine struct {
+	self  uint64
+	store *kv.Store
+
+	mu      sync.Mutex
+	members map[uint64]*MemberInfo
+	waiters map[uint64]chan *kv.Result
+	applied uint64
+	// onMembers is called (outside mu) after the member table changes.
+	onMembers func(map[uint64]MemberInfo)
+}
+
+func newStateMachine(self uint64, opts kv.Options, initial []Member) *stateMachine {
+	sm := &stateMachine{
+		self:    self,
+		store:   kv.NewStore(opts),
+		members: map[uint64]*MemberInfo{},
+		waiters: map[uint64]chan *kv.Result{},
+	}
+	for _, m := range initial {
+		sm.members[m.ID] = &MemberInfo{ID: m.ID, Name: m.Name, PeerAddr: m.PeerAddr}
+	}
+	return sm
+}
+
+// register returns the channel on which the result of request id arrives.
+func (sm *stateMachine) register(id uint64) chan *kv.Result {
+	ch := make(chan *kv.Result, 1)
+	sm.mu.Lock()
+	sm.waiters[id] = ch
+	sm.mu.Unlock()
+	return ch
+}
+
+func (sm *stateMachine) unregister(id uint64) {
+	sm.mu.Lock()
+	delete(sm.waiters, id)
+	sm.mu.Unlock()
+}
+
+func (sm *stateMachine) notify(id uint64, res *kv.Result) {
+	sm.mu.Lock()
+	ch := sm.waiters[id]
+	delete(sm.waiters, id)
+	sm.mu.Unlock()
+	if ch != nil {
+		ch <- res
+	}
+}
+
+// Apply implements raftnode.StateMachine.
+func (sm *stateMachine) Apply(e raft.Entry) any {
+	defer func() {
+		sm.mu.Lock()
+		sm.applied = e.Index
+		sm.mu.Unlock()
+	}()
+	switch {
+	case e.Type == raft.EntryConfChange:
+		sm.applyConfChange(e)
+		return nil
+	case len(e.Data) == 0:
+		sm.store.Apply(e.Index, nil)
+		return nil
+	}
+	env, err := unmarshalEnvelope(e.Data)
+	if err != nil {
+		// Every replica sees the same bytes and skips them the same way.
+		sm.store.Apply(e.Index, nil)
+		return nil
+	}
+	switch env.kind {
+	case kindKV:
+		res := sm.store.Apply(e.Index, env.payload)
+		if env.origin == sm.self {
+			sm.notify(env.reqID, res)
+		}
+		return res
+	case kindPublish:
+		sm.store.Apply(e.Index, nil)
+		var info MemberInfo
+		if json.Unmarshal(env.payload, &info) == nil && info.ID != 0 {
+			sm.mu.Lock()
+			m := sm.members[info.ID]
+			if m != nil { // ignore publishes from removed members
+				m.Name, m.ClientAddr = info.Name, info.ClientAddr
+				if info.PeerAddr != "" {
+					m.PeerAddr = info.PeerAddr
+				}
+			}
+			sm.mu.Unlock()
+			sm.membersChanged()
+		}
+		if env.origin == sm.self {
+			sm.notify(env.reqID, &kv.Result{})
+		}
+		return nil
+	default:
+		sm.store.Apply(e.Index, nil)
+		return nil
+	}
+}
+
+func (sm *stateMachine) applyConfChange(e raft.Entry) {
+	sm.store.Apply(e.Index, nil)
+	cc, err := raft.UnmarshalConfChange(e.Data)
+	if err != nil {
+		return
+	}
+	var ctx confContext
+	if len(cc.Context) > 0 {
+		_ = json.Unmarshal(cc.Context, &ctx)
+	}
+	sm.mu.Lock()
+	switch cc.Type {
+	case raft.ConfChangeAddVoter, raft.ConfChangeAddLearner:
+		m := sm.members[cc.NodeID]
+		if m == nil {
+			m = &MemberInfo{ID: cc.NodeID}
+			sm.members[cc.NodeID] = m
+		}
+		if ctx.PeerAddr != "" {
+			m.PeerAddr = ctx.PeerAddr
+		}
+		m.IsLearner = cc.Type == raft.ConfChangeAddLearner
+	case raft.ConfChangeRemove:
+		delete(sm.members, cc.NodeID)
+	}
+	sm.mu.Unlock()
+	sm.membersChanged()
+}
+
+func (sm *stateMachine) membersChanged() {
+	if sm.onMembers != nil {
+		sm.onMembers(sm.memberTable())
+	}
+}
+
+// memberTable returns a copy of the member table.
+func (sm *stateMachine) memberTable() map[uint64]MemberInfo {
+	sm.mu.Lock()
+	defer sm.mu.Unlock()
+	out := make(map[uint64]MemberInfo, len(sm.members))
+	for id, m := range sm.members {
+		out[id] = *m
+	}
+	return out
+}
+
+func (sm *stateMachine) appliedIndex() uint64 {
+	sm.mu.Lock()
+	defer sm.mu.Unlock()
+	return sm.applied
+}
+
+const smSnapshotMagic = "CAIRNSM1"
+
+// Snapshot implements raftnode.StateMachine: the member table, then the
+// key/value store's own (checksummed) snapshot.
+func (sm *stateMachine) Snapshot(w io.Writer) error {
+	sm.mu.Lock()
+	var members []MemberInfo
+	for _, m := range sm.members {
+		members = append(members, *m)
+	}
+	sm.mu.Unlock()
+	slices.SortFunc(members, func(a, b MemberInfo) int {
+		switch {
+		case a.ID < b.ID:
+			return -1
+		case a.ID > b.ID:
+			return 1
+		}
+		return 0
+	})
+	mb, err := json.Marshal(members)
+	if err != nil {
+		return err
+	}
+	bw := bufio.NewWriter(w)
+	bw.WriteString(smSnapshotMagic)
+	var lenb [binary.MaxVarintLen64]byte
+	bw.Write(lenb[:binary.PutUvarint(lenb[:], uint64(len(mb)))])
+	bw.Write(mb)
+	if err := sm.store.Snapshot(bw); err != nil {
+		return err
+	}
+	return bw.Flush()
+}
+
+// Restore implements raftnode.StateMachine.
+func (sm *stateMachine) Restore(r io.Reader) error {
+	br := bufio.NewReader(r)
+	magic := make([]byte, len(smSnapshotMagic))
+	if _, err := io.ReadFull(br, magic); err != nil || string(magic) != smSnapshotMagic {
+		return fmt.Errorf("server: snapshot does not start with %q: not a Cairn snapshot or corrupt", smSnapshotMagic)
+	}
+	n, err := binary.ReadUvarint(br)
+	if err != nil || n > 64<<20 {
+		return fmt.Errorf("server: snapshot member table length is corrupt")
+	}
+	mb := make([]byte, n)
+	if _, err := io.ReadFull(br, mb); err != nil {
+		return fmt.Errorf("server: snapshot member table truncated: %w", err)
+	}
+	var members []MemberInfo
+	if err := json.Unmarshal(mb, &members); err != nil {
+		return fmt.Errorf("server: snapshot member table corrupt: %w", err)
+	}
+	if err := sm.store.Restore(br); err != nil {
+		return err
+	}
+	sm.mu.Lock()
+	sm.members = map[uint64]*MemberInfo{}
+	for i := range members {
+		m := members[i]
+		sm.members[m.ID] = &m
+	}
+	sm.applied = sm.store.AppliedIndex()
+	sm.mu.Unlock()
+	sm.membersChanged()
+	return nil
+}
