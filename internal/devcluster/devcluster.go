@@ -43,6 +43,9 @@ type Member struct {
 	DataDir    string
 	LogPath    string
 
+	// existing makes the member join (--initial-cluster-state existing).
+	existing bool
+
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	done chan struct{}
@@ -153,6 +156,9 @@ func (c *Cluster) Restart(i int) error {
 		"--initial-cluster", c.initial,
 		"--cluster-token", c.opts.Token,
 	}, c.opts.ExtraArgs...)
+	if m.existing {
+		args = append(args, "--initial-cluster-state", "existing")
+	}
 	cmd := exec.Command(c.opts.Binary, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Own process group: a Ctrl-C in the terminal reaches only the
@@ -173,6 +179,26 @@ func (c *Cluster) Restart(i int) error {
 		close(done)
 	}(m.done)
 	return nil
+}
+
+// AddMember prepares a new member (not started) that will join the
+// running cluster: call the cluster's MemberAdd with its PeerAddr, then
+// Restart(i) to start it. It returns the new member's index.
+func (c *Cluster) AddMember() (int, error) {
+	client, err := freeAddr()
+	if err != nil {
+		return 0, err
+	}
+	peer, err := freeAddr()
+	if err != nil {
+		return 0, err
+	}
+	name := fmt.Sprintf("m%d", len(c.Members)+1)
+	m := &Member{Name: name, ClientAddr: client, PeerAddr: peer, existing: true,
+		DataDir: filepath.Join(c.opts.Dir, name), LogPath: filepath.Join(c.opts.Dir, name+".log")}
+	c.Members = append(c.Members, m)
+	c.initial += "," + name + "=" + peer
+	return len(c.Members) - 1, nil
 }
 
 // Running reports whether member i's process is alive.

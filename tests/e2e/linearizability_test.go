@@ -137,9 +137,10 @@ func TestLinearizableUnderCrashes(t *testing.T) {
 	defer cancel()
 	var nem sync.WaitGroup
 	nem.Add(1)
+	nemRng := rand.New(rand.NewPCG(rng.Uint64(), 1))
 	go func() {
 		defer nem.Done()
-		nemesis(ctx, t, c, rand.New(rand.NewPCG(rng.Uint64(), 1)), func() int { return leaderOf(statusClient, c) })
+		nemesis(ctx, t, c, nemRng, func() int { return leaderOf(statusClient, c) })
 	}()
 
 	rec := &recorder{start: time.Now()}
