@@ -2,7 +2,6 @@ package kv
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -127,11 +126,4 @@ func decodeResult(b []byte) (*Result, error) {
 		return nil, d.err
 	}
 	return r, nil
-}
-
-// isRequestError reports whether err belongs in the session table: a
-// deterministic answer to the request rather than a complaint about the
-// entry or the session.
-func isRequestError(err error) bool {
-	return !errors.Is(err, ErrCorruptCommand) && !errors.Is(err, ErrStaleSequence) && !errors.Is(err, ErrIndexApplied)
 }

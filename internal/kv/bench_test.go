@@ -1,0 +1,143 @@
+package kv
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+)
+
+// benchKeys is the size of the benchmark store: about a million keys with
+// 256-byte values (~350 MB in memory).
+const benchKeys = 1 << 20
+
+func benchKey(i int) []byte { return []byte(fmt.Sprintf("/registry/bench/%08d", i)) }
+
+var (
+	benchOnce  sync.Once
+	benchStore *Store
+	benchSeq   uint64 // next session sequence number; the store outlives one benchmark run
+)
+
+// loadedStore returns the shared benchmark store, filled once through
+// Apply. Benchmarks that write only overwrite existing keys, so the store
+// stays the same size.
+func loadedStore(b *testing.B) *Store {
+	benchOnce.Do(func() {
+		s := NewStore(Options{})
+		value := make([]byte, 256)
+		for i := 0; i < benchKeys; i++ {
+			c := &Command{Put: &pb.PutRequest{Key: benchKey(i), Value: value}}
+			if r := s.Apply(uint64(i+1), c.Marshal()); r.Err != nil {
+				panic(r.Err)
+			}
+		}
+		benchStore = s
+	})
+	return benchStore
+}
+
+// BenchmarkApplyPut applies encoded put entries (256-byte values) to random
+// existing keys of a ~1M-key store: decode, tree update, response.
+func BenchmarkApplyPut(b *testing.B) {
+	s := loadedStore(b)
+	rng := rand.New(rand.NewPCG(1, 1))
+	entries := make([][]byte, 4096)
+	for i := range entries {
+		value := make([]byte, 256)
+		binary.LittleEndian.PutUint64(value, rng.Uint64())
+		entries[i] = (&Command{ClientID: 0, Put: &pb.PutRequest{Key: benchKey(rng.IntN(benchKeys)), Value: value}}).Marshal()
+	}
+	index := s.AppliedIndex()
+	b.ReportAllocs()
+	b.SetBytes(256)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		index++
+		if r := s.Apply(index, entries[i%len(entries)]); r.Err != nil {
+			b.Fatal(r.Err)
+		}
+	}
+}
+
+// BenchmarkApplyPutSession is BenchmarkApplyPut with an exactly-once
+// session on every command (the result is encoded into the table).
+func BenchmarkApplyPutSession(b *testing.B) {
+	s := loadedStore(b)
+	rng := rand.New(rand.NewPCG(2, 2))
+	keys := make([][]byte, 4096)
+	for i := range keys {
+		keys[i] = benchKey(rng.IntN(benchKeys))
+	}
+	value := make([]byte, 256)
+	entries := make([][]byte, b.N)
+	for i := range entries {
+		benchSeq++
+		entries[i] = (&Command{ClientID: uint64(1 + i%64), Seq: benchSeq, Put: &pb.PutRequest{Key: keys[i%len(keys)], Value: value}}).Marshal()
+	}
+	index := s.AppliedIndex()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		index++
+		if r := s.Apply(index, entries[i]); r.Err != nil {
+			b.Fatal(r.Err)
+		}
+	}
+}
+
+// BenchmarkRangeSingleKey reads one random key of a ~1M-key store.
+func BenchmarkRangeSingleKey(b *testing.B) {
+	s := loadedStore(b)
+	rng := rand.New(rand.NewPCG(3, 3))
+	reqs := make([]*pb.RangeRequest, 4096)
+	for i := range reqs {
+		reqs[i] = &pb.RangeRequest{Key: benchKey(rng.IntN(benchKeys))}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		resp, err := s.Range(reqs[i%len(reqs)])
+		if err != nil || len(resp.Kvs) != 1 {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkRangePrefix100 reads 100 consecutive keys.
+func BenchmarkRangePrefix100(b *testing.B) {
+	s := loadedStore(b)
+	req := &pb.RangeRequest{Key: []byte("/registry/bench/000100"), RangeEnd: []byte("/registry/bench/000101")}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		resp, err := s.Range(req)
+		if err != nil || len(resp.Kvs) != 100 {
+			b.Fatal(err, len(resp.Kvs))
+		}
+	}
+}
+
+// BenchmarkSnapshot writes a snapshot of the ~1M-key store.
+func BenchmarkSnapshot(b *testing.B) {
+	s := loadedStore(b)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		var n countingWriter
+		if err := s.Snapshot(&n); err != nil {
+			b.Fatal(err)
+		}
+		b.SetBytes(int64(n))
+	}
+}
+
+type countingWriter int
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	*c += countingWriter(len(p))
+	return len(p), nil
+}
