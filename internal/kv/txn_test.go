@@ -189,7 +189,7 @@ func TestTxn(t *testing.T) {
 				Success: []*pb.RequestOp{opPut("x", "never")},
 				Failure: []*pb.RequestOp{&pb.RequestOp{Request: &pb.RequestOp_RequestDeleteRange{RequestDeleteRange: &pb.DeleteRangeRequest{Key: []byte("b"), PrevKv: true}}}},
 			},
-			want: &pb.TxnResponse{Header: &pb.ResponseHeader{Revision: 4}, Responses: []*pb.ResponseOp{respDel(4, 1, b2)}},
+			want:    &pb.TxnResponse{Header: &pb.ResponseHeader{Revision: 4}, Responses: []*pb.ResponseOp{respDel(4, 1, b2)}},
 			wantRev: 4,
 			state:   []*mvccpb.KeyValue{a1},
 		},
