@@ -50,6 +50,10 @@ type Options struct {
 	PreVote     bool
 	CheckQuorum bool
 
+	// LogicalDisk replaces the real WAL on a crash-simulating filesystem
+	// with a faster logical model of a disk.
+	LogicalDisk bool
+
 	// Log, if set, receives a line per event (for replaying a seed).
 	Log io.Writer
 }
@@ -93,6 +97,7 @@ type Result struct {
 	Reads      int
 	Elections  int
 	Crashes    int
+	TornTails  int // restarts whose WAL recovery cut off a torn record
 	Snapshots  int
 	ConfChange int
 }
@@ -120,7 +125,7 @@ type message struct {
 type simNode struct {
 	id      uint64
 	rn      *raft.RawNode
-	storage *raft.MemoryStorage
+	storage disk
 	sm      *stateMachine
 	up      bool
 	// removed nodes are no longer members; they are stopped for good.
@@ -236,14 +241,25 @@ func (s *Sim) fail(format string, args ...any) {
 	s.violations = append(s.violations, v)
 }
 
-func (s *Sim) newNode(id uint64, storage *raft.MemoryStorage) (*simNode, error) {
+func (s *Sim) newDisk() (disk, error) {
+	if s.opts.LogicalDisk {
+		return newMemDisk(), nil
+	}
+	return newWALDisk()
+}
+
+func (s *Sim) newNode(id uint64, storage disk) (*simNode, error) {
 	n := &simNode{id: id, storage: storage, sm: newStateMachine(), up: true}
 	snap, err := storage.Snapshot()
 	if err != nil {
 		return nil, err
 	}
 	if !snap.IsEmpty() {
-		if err := n.sm.restore(snap.Data); err != nil {
+		data, err := storage.snapshotData(snap.Meta.Index)
+		if err != nil {
+			return nil, fmt.Errorf("node %d: reading snapshot %d: %w", id, snap.Meta.Index, err)
+		}
+		if err := n.sm.restore(data); err != nil {
 			return nil, fmt.Errorf("node %d: restoring snapshot: %w", id, err)
 		}
 	}
@@ -278,7 +294,11 @@ func (s *Sim) run() error {
 	}
 	s.next = uint64(s.opts.Nodes + 1)
 	for _, id := range initial {
-		n, err := s.newNode(id, raft.NewMemoryStorage())
+		d, err := s.newDisk()
+		if err != nil {
+			return err
+		}
+		n, err := s.newNode(id, d)
 		if err != nil {
 			return err
 		}
@@ -373,6 +393,19 @@ func (s *Sim) send(msgs []raft.Message) {
 			s.reportSnap(m, false)
 			continue
 		}
+		if m.Type == raft.MsgSnap && m.Snapshot != nil && len(m.Snapshot.Data) == 0 {
+			// A transport streams the bytes from the sender's snapshot
+			// file; here they ride in the message.
+			src := s.nodes[m.From]
+			data, err := src.storage.snapshotData(m.Snapshot.Meta.Index)
+			if err != nil {
+				s.fail("node %d: reading snapshot %d to send: %v", m.From, m.Snapshot.Meta.Index, err)
+				continue
+			}
+			snap := *m.Snapshot
+			snap.Data = data
+			m.Snapshot = &snap
+		}
 		copies := 1
 		if s.rng.Float64() < s.opts.DupRate {
 			copies = 2
@@ -417,21 +450,16 @@ func (s *Sim) handleReady(n *simNode) {
 			s.crashMidPersist(n, rd)
 			return
 		}
+		if err := n.storage.persist(rd); err != nil {
+			s.fail("node %d: persist: %v", n.id, err)
+			return
+		}
 		if rd.Snapshot != nil {
-			if err := n.storage.ApplySnapshot(*rd.Snapshot); err != nil {
-				s.fail("node %d: apply snapshot: %v", n.id, err)
-			}
 			if err := n.sm.restore(rd.Snapshot.Data); err != nil {
 				s.fail("node %d: restore snapshot: %v", n.id, err)
 			}
 			s.logf("node %d installed snapshot %d/%d", n.id, rd.Snapshot.Meta.Index, rd.Snapshot.Meta.Term)
 			s.checkStateHash(n)
-		}
-		if err := n.storage.Append(rd.Entries); err != nil {
-			s.fail("node %d: append: %v", n.id, err)
-		}
-		if !rd.HardState.IsEmpty() {
-			n.storage.SetHardState(rd.HardState)
 		}
 		s.send(rd.PersistedMessages)
 		s.apply(n, rd.CommittedEntries)
@@ -452,23 +480,32 @@ func (s *Sim) handleReady(n *simNode) {
 }
 
 // crashMidPersist models a crash while the Ready's write was not yet
-// synced: a prefix of the new entries (a torn batch) may survive; the
-// hard state, written last, survives only if all entries did.
+// synced: the disk keeps what a real one might (a torn prefix), the rest is
+// lost.
 func (s *Sim) crashMidPersist(n *simNode, rd raft.Ready) {
-	keep := 0
-	if len(rd.Entries) > 0 {
-		keep = s.rng.IntN(len(rd.Entries) + 1)
+	d, err := n.storage.crashDuring(rd, s.rng)
+	if err != nil {
+		s.fail("node %d: recovering storage after a crash mid-write: %v", n.id, err)
+		return
 	}
-	if rd.Snapshot == nil && keep > 0 {
-		if err := n.storage.Append(rd.Entries[:keep]); err != nil {
-			s.fail("node %d: append: %v", n.id, err)
-		}
+	s.logf("node %d crashed mid-persist of %d entries (torn %d bytes)", n.id, len(rd.Entries), d.tornBytes())
+	if d.tornBytes() > 0 {
+		s.result.TornTails++
 	}
-	if rd.Snapshot == nil && keep == len(rd.Entries) && !rd.HardState.IsEmpty() && s.rng.IntN(2) == 0 {
-		n.storage.SetHardState(rd.HardState)
-	}
-	s.logf("node %d crashed mid-persist keeping %d/%d entries", n.id, keep, len(rd.Entries))
 	s.down(n)
+	n.storage = d
+}
+
+// crash models a power loss between Readies.
+func (s *Sim) crash(n *simNode) {
+	d, err := n.storage.crash(s.rng)
+	if err != nil {
+		s.fail("node %d: recovering storage after a crash: %v", n.id, err)
+		return
+	}
+	s.logf("node %d crashed", n.id)
+	s.down(n)
+	n.storage = d
 }
 
 func (s *Sim) down(n *simNode) {
@@ -541,15 +578,9 @@ func (s *Sim) maybeSnapshot(n *simNode) {
 	if applied > last {
 		return
 	}
-	if _, err := n.storage.CreateSnapshot(applied, n.rn.ConfState(), n.sm.snapshot()); err != nil {
-		s.fail("node %d: create snapshot at %d: %v", n.id, applied, err)
+	if err := n.storage.snapshot(applied, n.rn.ConfState(), n.sm.snapshot()); err != nil {
+		s.fail("node %d: snapshot at %d: %v", n.id, applied, err)
 		return
-	}
-	// Keep a few entries so slightly lagging followers need no snapshot.
-	if applied > 5 {
-		if err := n.storage.Compact(applied - 5); err != nil && !errors.Is(err, raft.ErrCompacted) {
-			s.fail("node %d: compact: %v", n.id, err)
-		}
 	}
 	s.result.Snapshots++
 	s.logf("node %d snapshot at %d", n.id, applied)
@@ -578,9 +609,7 @@ func (s *Sim) injectFaults() {
 		if len(down) > 0 && (len(up) == 0 || r.IntN(2) == 0) {
 			s.restart(down[r.IntN(len(down))])
 		} else if len(up) > 0 {
-			n := up[r.IntN(len(up))]
-			s.logf("node %d crashed", n.id)
-			s.down(n)
+			s.crash(up[r.IntN(len(up))])
 		}
 	}
 	if r.Float64() < s.opts.MembershipRate {
@@ -688,7 +717,12 @@ func (s *Sim) changeMembership() {
 	case len(cs.Voters) < 7:
 		id := s.next
 		s.next++
-		n, err := s.newNode(id, raft.NewMemoryStorage())
+		d, err := s.newDisk()
+		if err != nil {
+			s.fail("new node %d: %v", id, err)
+			return
+		}
+		n, err := s.newNode(id, d)
 		if err != nil {
 			s.fail("new node %d: %v", id, err)
 			return
