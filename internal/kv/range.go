@@ -60,15 +60,13 @@ func (s *Store) scan(key, end []byte, fn func(kvItem) bool) {
 func (s *Store) rangeLocked(r *pb.RangeRequest, rev int64) *pb.RangeResponse {
 	resp := &pb.RangeResponse{Header: header(rev)}
 	filtered := r.MinModRevision != 0 || r.MaxModRevision != 0 || r.MinCreateRevision != 0 || r.MaxCreateRevision != 0
-	fetch := 0 // 0 = everything
-	if r.Limit > 0 && r.SortOrder == pb.RangeRequest_NONE && !filtered {
-		fetch = int(r.Limit) + 1
-	}
+	// Read up to limit+1 items, or all of them.
+	fetchAll := r.Limit <= 0 || r.SortOrder != pb.RangeRequest_NONE || filtered
 	var items []kvItem
 	count := 0
 	s.scan(r.Key, r.RangeEnd, func(it kvItem) bool {
 		count++
-		if !r.CountOnly && (fetch == 0 || len(items) < fetch) {
+		if !r.CountOnly && (fetchAll || int64(len(items)) <= r.Limit) {
 			items = append(items, it)
 		}
 		return true

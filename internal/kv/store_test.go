@@ -3,6 +3,7 @@ package kv
 import (
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"testing"
 
@@ -101,6 +102,7 @@ func TestRange(t *testing.T) {
 		{name: "inverted range", req: &req{Key: []byte("c"), RangeEnd: []byte("a")}, count: 0},
 		{name: "limit", req: &req{Key: []byte{0}, RangeEnd: []byte{0}, Limit: 2}, kvs: []*mvccpb.KeyValue{fxA, fxAB}, count: 4, more: true},
 		{name: "limit equal to count", req: &req{Key: []byte{0}, RangeEnd: []byte{0}, Limit: 4}, kvs: []*mvccpb.KeyValue{fxA, fxAB, fxB, fxC}, count: 4},
+		{name: "huge limit", req: &req{Key: []byte{0}, RangeEnd: []byte{0}, Limit: math.MaxInt64}, kvs: []*mvccpb.KeyValue{fxA, fxAB, fxB, fxC}, count: 4},
 		{name: "negative limit is no limit", req: &req{Key: []byte{0}, RangeEnd: []byte{0}, Limit: -1}, kvs: []*mvccpb.KeyValue{fxA, fxAB, fxB, fxC}, count: 4},
 		{name: "keys only", req: &req{Key: []byte("a"), RangeEnd: []byte("b"), KeysOnly: true}, kvs: []*mvccpb.KeyValue{keysOnly(fxA), keysOnly(fxAB)}, count: 2},
 		{name: "count only", req: &req{Key: []byte{0}, RangeEnd: []byte{0}, CountOnly: true}, count: 4},

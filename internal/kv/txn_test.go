@@ -332,6 +332,9 @@ func TestTxnErrors(t *testing.T) {
 		{name: "old revision", txn: &pb.TxnRequest{Success: []*pb.RequestOp{opRange(&pb.RangeRequest{Key: []byte("a"), Revision: 2})}}, code: codes.Unimplemented},
 		{name: "begin revision after a write", txn: &pb.TxnRequest{Success: []*pb.RequestOp{opPut("x", "1"), opRange(&pb.RangeRequest{Key: []byte("a"), Revision: 3})}}, code: codes.Unimplemented},
 		{name: "error in a nested txn", txn: &pb.TxnRequest{Success: []*pb.RequestOp{opDel("a", ""), opTxn(&pb.TxnRequest{Success: []*pb.RequestOp{opPutReq(&pb.PutRequest{Key: []byte("y"), IgnoreLease: true})}})}}, err: rpctypes.ErrGRPCKeyNotFound},
+		// etcd's duplicate-key check takes range_end "\x00" literally, so
+		// this txn passes validation; etcd then panics applying it.
+		{name: "ignore_value after a from-key delete", txn: &pb.TxnRequest{Success: []*pb.RequestOp{opDel("a", "\x00"), opPutReq(&pb.PutRequest{Key: []byte("a"), IgnoreValue: true})}}, err: rpctypes.ErrGRPCKeyNotFound},
 		{name: "duplicate key", txn: &pb.TxnRequest{Success: []*pb.RequestOp{opPut("x", "1"), opPut("x", "2")}}, err: rpctypes.ErrGRPCDuplicateKey},
 		{name: "too many ops", txn: &pb.TxnRequest{Success: manyPuts(MaxTxnOps + 1)}, err: rpctypes.ErrGRPCTooManyOps},
 		{name: "empty op", txn: &pb.TxnRequest{Success: []*pb.RequestOp{opPut("x", "1"), {}}}, err: rpctypes.ErrGRPCKeyNotFound},
