@@ -21,6 +21,23 @@ type identity struct {
 
 const identityFile = "member.json"
 
+// readIdentity returns the identity stored in the data dir, or nil if the
+// data dir has none yet.
+func readIdentity(path string) (*identity, error) {
+	b, err := os.ReadFile(filepath.Join(path, identityFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cannot read %s in data dir %s: %w", identityFile, path, err)
+	}
+	var id identity
+	if err := json.Unmarshal(b, &id); err != nil || id.MemberID == 0 {
+		return nil, fmt.Errorf("data dir %s is corrupt: %s does not parse", path, filepath.Join(path, identityFile))
+	}
+	return &id, nil
+}
+
 // dataDir is an opened, locked data directory.
 type dataDir struct {
 	path  string
@@ -67,6 +84,10 @@ func openDataDir(path string, want identity) (*dataDir, error) {
 	if have.ClusterID != want.ClusterID {
 		d.close()
 		return nil, fmt.Errorf("data dir %s belongs to cluster %x (token %q), not to this cluster %x (token %q)", path, have.ClusterID, have.Token, want.ClusterID, want.Token)
+	}
+	if have.Name != want.Name {
+		d.close()
+		return nil, fmt.Errorf("data dir %s belongs to member %q, not to %q", path, have.Name, want.Name)
 	}
 	if have.MemberID != want.MemberID {
 		d.close()

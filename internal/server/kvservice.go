@@ -142,10 +142,16 @@ func (s *Server) write(ctx context.Context, cmd *kv.Command) (*kv.Result, error)
 		return nil, err
 	}
 	if res.Err != nil {
-		if errors.Is(res.Err, kv.ErrStaleSequence) {
+		switch {
+		case errors.Is(res.Err, kv.ErrStaleSequence):
 			return nil, status.Error(codes.FailedPrecondition, res.Err.Error())
+		case errors.Is(res.Err, kv.ErrCorruptCommand):
+			return nil, status.Error(codes.Internal, "cairn: the replicated command could not be decoded: "+res.Err.Error())
 		}
-		return nil, res.Err
+		if _, ok := status.FromError(res.Err); ok {
+			return nil, res.Err // already an etcd/gRPC error
+		}
+		return nil, status.Error(codes.Internal, res.Err.Error())
 	}
 	return res, nil
 }

@@ -63,6 +63,16 @@ type Server struct {
 // contradictory flags, a data dir of another member or cluster, corrupt
 // data, or a port in use.
 func Start(cfg Config) (*Server, error) {
+	// A member restarting from its data dir keeps the identity stored
+	// there; --initial-cluster and --cluster-token matter only when the
+	// data dir is created.
+	stored, err := readIdentity(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	if stored != nil && cfg.ClusterToken == Defaults().ClusterToken {
+		cfg.ClusterToken = stored.Token
+	}
 	members, err := cfg.Validate()
 	if err != nil {
 		return nil, err
@@ -72,6 +82,9 @@ func Start(cfg Config) (*Server, error) {
 		if m.Name == cfg.Name {
 			self = m
 		}
+	}
+	if stored != nil && stored.Name == cfg.Name {
+		self.ID = stored.MemberID
 	}
 	s := &Server{
 		cfg:       cfg,
