@@ -28,6 +28,7 @@ func bindServerFlags(fs *flag.FlagSet, cfg *server.Config, logLevel *string) {
 	fs.StringVar(&cfg.InitialClusterState, "initial-cluster-state", cfg.InitialClusterState, "new (bootstrap) or existing (join after 'cairn member add')")
 	fs.StringVar(&cfg.ClusterToken, "cluster-token", cfg.ClusterToken, "token that makes this cluster's ID unique")
 	fs.StringVar(&cfg.ListenMetrics, "listen-metrics", cfg.ListenMetrics, "address for /metrics and /health (empty disables)")
+	fs.BoolVar(&cfg.EnablePprof, "enable-pprof", cfg.EnablePprof, "serve /debug/pprof/ on --listen-metrics")
 	fs.DurationVar(&cfg.TickInterval, "tick-interval", cfg.TickInterval, "duration of one Raft tick")
 	fs.IntVar(&cfg.ElectionTicks, "election-ticks", cfg.ElectionTicks, "ticks without a leader before an election")
 	fs.Int64Var(&cfg.SnapshotCount, "snapshot-count", cfg.SnapshotCount, "applied entries between snapshots")

@@ -37,6 +37,9 @@ type Config struct {
 	ClusterToken string
 	// ListenMetrics serves /metrics and /health; empty disables.
 	ListenMetrics string
+	// EnablePprof also serves Go's profiler at /debug/pprof/ on the
+	// metrics address.
+	EnablePprof bool
 	// TickInterval is one Raft tick; ElectionTicks ticks without a leader
 	// start an election.
 	TickInterval  time.Duration
@@ -103,6 +106,9 @@ func (c *Config) Validate() ([]Member, error) {
 	}
 	if c.ListenClient == c.ListenPeer {
 		return nil, fmt.Errorf("%w: --listen-client and --listen-peer must differ (both %s)", ErrConfig, c.ListenClient)
+	}
+	if c.EnablePprof && c.ListenMetrics == "" {
+		return nil, fmt.Errorf("%w: --enable-pprof needs --listen-metrics", ErrConfig)
 	}
 	if c.ListenMetrics != "" && (c.ListenMetrics == c.ListenClient || c.ListenMetrics == c.ListenPeer) {
 		return nil, fmt.Errorf("%w: --listen-metrics %s clashes with another listener", ErrConfig, c.ListenMetrics)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -184,11 +185,26 @@ func (s *Server) forwardToLeader(ctx context.Context) (*grpc.ClientConn, error) 
 	if lead == s.id {
 		return nil, nil
 	}
-	m, ok := s.sm.memberTable()[lead]
-	if !ok || m.ClientAddr == "" {
-		return nil, rpctypes.ErrGRPCNotLeader
+	// A leader that has just started may not have published its client
+	// address yet; wait for it rather than fail a request that will work
+	// in a moment.
+	for {
+		if m, ok := s.sm.memberTable()[lead]; ok && m.ClientAddr != "" {
+			return s.peerClient(m.ClientAddr)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, rpctypes.ErrGRPCNoLeader
+		case <-s.stopped:
+			return nil, rpctypes.ErrGRPCStopped
+		case <-time.After(20 * time.Millisecond):
+		}
+		if l := s.node.Leader(); l == s.id {
+			return nil, nil
+		} else if l != raft.None {
+			lead = l
+		}
 	}
-	return s.peerClient(m.ClientAddr)
 }
 
 // peerClient returns a cached client connection to another member.
@@ -210,6 +226,15 @@ func (s *Server) confChange(ctx context.Context, cc raft.ConfChange) error {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
 	defer cancel()
 	_, err := s.node.ProposeConfChange(ctx, cc)
+	// A change still being applied (or a new leader's first entry) blocks
+	// the next one only briefly: wait for it instead of failing.
+	for errors.Is(err, raft.ErrConfChangePending) && ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+		case <-time.After(20 * time.Millisecond):
+		}
+		_, err = s.node.ProposeConfChange(ctx, cc)
+	}
 	switch {
 	case err == nil:
 		return nil

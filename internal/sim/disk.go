@@ -135,7 +135,7 @@ func (d *walDisk) persist(rd raft.Ready) error {
 			return err
 		}
 	}
-	return d.Save(rd.HardState, rd.Entries, nil)
+	return d.Write(rd.HardState, rd.Entries, nil, rd.MustSync)
 }
 
 func (d *walDisk) crashDuring(rd raft.Ready, rng *rand.Rand) (disk, error) {

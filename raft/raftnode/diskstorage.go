@@ -15,9 +15,11 @@ type DiskStorage struct {
 
 var _ Storage = DiskStorage{}
 
-// Save implements Storage: one WAL append and one fsync for the batch.
-func (d DiskStorage) Save(hs raft.HardState, ents []raft.Entry, _ bool) error {
-	return d.DiskStorage.Save(hs, ents, nil)
+// Save implements Storage: one WAL append and, when the Ready needs it,
+// one fsync for the batch. A commit-index-only change is written without
+// fsync, as the Ready contract allows.
+func (d DiskStorage) Save(hs raft.HardState, ents []raft.Entry, sync bool) error {
+	return d.DiskStorage.Write(hs, ents, nil, sync)
 }
 
 // SaveSnapshot implements Storage.

@@ -581,6 +581,22 @@ func (n *Node) handleReady() error {
 	// runs: the leader's appends reach followers in parallel with its own
 	// fsync (thesis §10.2.1).
 	n.transport.Send(rd.Messages)
+	// Committed entries that were already durable here before this Ready
+	// (below its first new entry) are applied before the disk write, so
+	// their clients do not wait for an fsync of unrelated new entries.
+	committed := rd.CommittedEntries
+	if len(rd.Entries) > 0 {
+		first := rd.Entries[0].Index
+		k := 0
+		for k < len(committed) && committed[k].Index < first {
+			k++
+		}
+		n.apply(committed[:k])
+		committed = committed[k:]
+	} else {
+		n.apply(committed)
+		committed = nil
+	}
 	if rd.Snapshot != nil {
 		if err := n.storage.ApplySnapshot(rd.Snapshot.Meta); err != nil {
 			return fmt.Errorf("raftnode: persisting snapshot %d: %w", rd.Snapshot.Meta.Index, err)
@@ -599,7 +615,7 @@ func (n *Node) handleReady() error {
 			return err
 		}
 	}
-	n.apply(rd.CommittedEntries)
+	n.apply(committed)
 	for _, rs := range rd.ReadStates {
 		for _, r := range n.reads[string(rs.RequestCtx)] {
 			r.index, r.ready = rs.Index, true

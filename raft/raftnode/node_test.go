@@ -282,7 +282,7 @@ func TestStorageFailureStopsNode(t *testing.T) {
 	ctx := ctxT(t)
 	c.put(ctx, "a", "1")
 	diskFull := errors.New("no space left on device")
-	c.storages[1].SaveHook = func() error { return diskFull }
+	c.storages[1].SetSaveHook(func() error { return diskFull })
 	_, _, err := c.nodes[1].Propose(ctx, []byte("b=2"))
 	if err == nil {
 		t.Fatal("proposal succeeded on a failing disk")

@@ -42,11 +42,17 @@ var ErrNoSnapshot = errors.New("raftnode: no snapshot at that index")
 // MemStorage is the in-memory twin of a durable Storage, for tests.
 type MemStorage struct {
 	*raft.MemoryStorage
-	mu    sync.Mutex
-	snaps map[uint64][]byte
-	// SaveHook, if set, is called by Save; returning an error simulates a
-	// failed disk write.
-	SaveHook func() error
+	mu       sync.Mutex
+	snaps    map[uint64][]byte
+	saveHook func() error
+}
+
+// SetSaveHook makes Save call f first; an error from f simulates a failed
+// disk write.
+func (s *MemStorage) SetSaveHook(f func() error) {
+	s.mu.Lock()
+	s.saveHook = f
+	s.mu.Unlock()
 }
 
 // NewMemStorage returns an empty MemStorage.
@@ -56,8 +62,11 @@ func NewMemStorage() *MemStorage {
 
 // Save implements Storage.
 func (s *MemStorage) Save(hs raft.HardState, ents []raft.Entry, _ bool) error {
-	if s.SaveHook != nil {
-		if err := s.SaveHook(); err != nil {
+	s.mu.Lock()
+	hook := s.saveHook
+	s.mu.Unlock()
+	if hook != nil {
+		if err := hook(); err != nil {
 			return err
 		}
 	}

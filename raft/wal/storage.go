@@ -403,6 +403,18 @@ func (ds *DiskStorage) Metadata() []byte { return append([]byte(nil), ds.md...) 
 // (or after snap); entries at or below the last one replace it and all
 // that follow.
 func (ds *DiskStorage) Save(hs raft.HardState, ents []raft.Entry, snap *raft.Snapshot) error {
+	return ds.Write(hs, ents, snap, true)
+}
+
+// Write is Save with the fsync made optional. With sync false the records
+// reach the WAL file but not necessarily the disk; a later synced write
+// makes them durable. Raft allows this only for a Ready that needs no sync
+// (raft.Ready.MustSync false: a commit-index-only change, which a restarted
+// node can recompute); everything else must use Save.
+func (ds *DiskStorage) Write(hs raft.HardState, ents []raft.Entry, snap *raft.Snapshot, sync bool) error {
+	if !snap.IsEmpty() || len(ents) > 0 {
+		sync = true
+	}
 	ds.mu.Lock()
 	defer ds.mu.Unlock()
 	if ds.err != nil {
@@ -453,10 +465,16 @@ func (ds *DiskStorage) Save(hs raft.HardState, ents []raft.Entry, snap *raft.Sna
 	if err := ds.wal.Append(recs...); err != nil {
 		return ds.fail(err)
 	}
-	if err := ds.wal.Sync(); err != nil {
-		return ds.fail(err)
+	if hsChanged && (hs.Term != ds.hs.Term || hs.Vote != ds.hs.Vote) {
+		sync = true // a term or vote must never be lost
 	}
-	// Durable; now make it visible to the core.
+	if sync {
+		if err := ds.wal.Sync(); err != nil {
+			return ds.fail(err)
+		}
+	}
+	// Durable (or, without sync, allowed to be lost); now make it visible
+	// to the core.
 	if !snap.IsEmpty() {
 		meta := snap.Meta
 		meta.ConfState = raft.ConfState{
