@@ -81,34 +81,35 @@ func sum(key string, values iter.Seq[string], out job.Output) error {
 
 // WordCount counts words. Its map does in-mapper combining (it sums counts
 // in memory and emits them at Flush), which keeps the shuffle to one record
-// per distinct word per map task; the combiner then only matters for the
-// rare task whose vocabulary overflows the sort buffer.
+// per distinct word per map task, so it needs no combiner.
 func WordCount() *job.App {
 	return &job.App{
 		Name:  "wordcount",
 		Usage: "count occurrences of each word (runs of letters and digits); output: word<TAB>count",
 		New: func(job.Args) (*job.Funcs, error) {
-			counts := map[string]int64{}
+			// One map lookup per word; a new word's key is cloned so the
+			// map does not pin whole input lines.
+			counts := map[string]*int64{}
 			return &job.Funcs{
 				Map: func(rec job.Record, _ job.Output) error {
 					Words(rec.Text, func(w string) {
-						if p, ok := counts[w]; ok {
-							counts[w] = p + 1
+						if p := counts[w]; p != nil {
+							*p++
 						} else {
-							counts[strings.Clone(w)] = 1
+							n := int64(1)
+							counts[strings.Clone(w)] = &n
 						}
 					})
 					return nil
 				},
 				Flush: func(out job.Output) error {
 					for w, n := range counts {
-						out.Emit(w, strconv.FormatInt(n, 10))
+						out.Emit(w, strconv.FormatInt(*n, 10))
 					}
 					clear(counts)
 					return nil
 				},
-				Combine: sum,
-				Reduce:  sum,
+				Reduce: sum,
 			}, nil
 		},
 	}

@@ -70,8 +70,15 @@ func (s *Sorter) spill() error {
 	return nil
 }
 
+// sortKVs sorts by key, then value: a total order, so the values of a key
+// reach the reducer in the same order in every execution of a task.
 func sortKVs(kvs []KV) {
-	slices.SortStableFunc(kvs, func(a, b KV) int { return strings.Compare(a.Key, b.Key) })
+	slices.SortFunc(kvs, func(a, b KV) int {
+		if c := strings.Compare(a.Key, b.Key); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Value, b.Value)
+	})
 }
 
 func (s *Sorter) writeSorted(name string, kvs []KV) error {

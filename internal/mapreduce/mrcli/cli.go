@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -183,9 +184,29 @@ func runWorker(env Env, args []string) int {
 	id := fs.String("id", "", "worker ID (default: host-pid-random)")
 	hb := fs.Duration("heartbeat", time.Second, "heartbeat interval")
 	verbose := fs.Bool("v", false, "log")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile to this file")
+	exitWithStdin := fs.Bool("exit-with-stdin", false, "exit when standard input reaches end of file (used by run, so workers die with it)")
 	faultSpec := fs.String("test-fault", "", "test only: inject faults, e.g. rate=0.2,seed=1,kinds=crash+hang")
 	if code, ok := parse(fs, args, false); !ok {
 		return code
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintf(env.Stderr, "%s worker: %v\n", env.Prog, err)
+			return 1
+		}
+		pprof.StartCPUProfile(f)
+		defer func() {
+			pprof.StopCPUProfile()
+			f.Close()
+		}()
+	}
+	if *exitWithStdin {
+		go func() {
+			io.Copy(io.Discard, os.Stdin)
+			os.Exit(1)
+		}()
 	}
 	hook, err := parseFault(*faultSpec)
 	if err != nil {

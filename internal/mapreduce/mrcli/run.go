@@ -98,7 +98,7 @@ func RunLocal(ctx context.Context, l Local) (wire.JobStatus, error) {
 		args := append(append([]string(nil), argv[1:]...),
 			"--coordinator", ln.Addr().String(),
 			"--data-dir", filepath.Join(dir, "worker-"+strconv.Itoa(i)),
-			"--heartbeat", "500ms")
+			"--heartbeat", "500ms", "--exit-with-stdin")
 		if l.Verbose {
 			args = append(args, "-v")
 		}
@@ -135,7 +135,12 @@ func (s *supervisor) start(name string, args []string) {
 			cmd.Env = append(cmd.Env, "CAIRN_MR_WORKER_GENERATION="+strconv.Itoa(gen))
 			cmd.Stdout = s.env.Stderr
 			cmd.Stderr = s.env.Stderr
-			setDeathSignal(cmd)
+			// The worker exits when this pipe closes, that is when this
+			// process dies, however it dies: no orphaned workers.
+			if _, err := cmd.StdinPipe(); err != nil {
+				fmt.Fprintf(s.env.Stderr, "%s run: start worker: %v\n", s.env.Prog, err)
+				return
+			}
 			s.mu.Lock()
 			if s.done {
 				s.mu.Unlock()
