@@ -61,7 +61,7 @@ func runSim(args []string, stdout, stderr io.Writer) int {
 		o.Nodes = c.nodes
 		o.LogicalDisk = c.logicalDisk
 		if c.noFault {
-			o.LossRate, o.DupRate, o.PartitionRate, o.CrashRate, o.MembershipRate = 0, 0, 0, 0, 0
+			o.LossRate, o.DupRate, o.PartitionRate, o.CrashRate, o.MembershipRate, o.TransferRate = 0, 0, 0, 0, 0, 0
 		}
 		if c.verbose {
 			o.Log = stdout

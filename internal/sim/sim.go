@@ -35,6 +35,8 @@ type Options struct {
 	PartitionRate  float64
 	CrashRate      float64
 	MembershipRate float64
+	// TransferRate is the per-tick probability of a leadership transfer.
+	TransferRate float64
 	// TornRate is the probability that a crash happens in the middle of
 	// persisting a Ready (losing part of it) rather than between Readies.
 	TornRate float64
@@ -69,6 +71,7 @@ func Default(seed uint64) Options {
 		PartitionRate:  0.02,
 		CrashRate:      0.01,
 		MembershipRate: 0.01,
+		TransferRate:   0.01,
 		TornRate:       0.5,
 		ProposeRate:    0.6,
 		ReadRate:       0.3,
@@ -98,6 +101,7 @@ type Result struct {
 	Elections  int
 	Crashes    int
 	TornTails  int // restarts whose WAL recovery cut off a torn record
+	Transfers  int
 	Snapshots  int
 	ConfChange int
 }
@@ -493,7 +497,18 @@ func (s *Sim) crashMidPersist(n *simNode, rd raft.Ready) {
 		s.result.TornTails++
 	}
 	s.down(n)
+	s.setDisk(n, d)
+}
+
+// setDisk installs the storage a crashed node restarts from. What the node
+// believed committed before the crash is forgotten: only the durable
+// commit index counts now (an unsynced commit index, or a snapshot whose
+// install was cut short, is gone).
+func (s *Sim) setDisk(n *simNode, d disk) {
 	n.storage = d
+	hs, _, _ := d.InitialState()
+	n.lastCommit = hs.Commit
+	n.isLeader = false
 }
 
 // crash models a power loss between Readies.
@@ -505,7 +520,7 @@ func (s *Sim) crash(n *simNode) {
 	}
 	s.logf("node %d crashed", n.id)
 	s.down(n)
-	n.storage = d
+	s.setDisk(n, d)
 }
 
 func (s *Sim) down(n *simNode) {
@@ -614,6 +629,9 @@ func (s *Sim) injectFaults() {
 	}
 	if r.Float64() < s.opts.MembershipRate {
 		s.changeMembership()
+	}
+	if r.Float64() < s.opts.TransferRate {
+		s.transferLeadership()
 	}
 }
 
@@ -735,6 +753,22 @@ func (s *Sim) changeMembership() {
 	}
 	_, _, err := ln.rn.ProposeConfChange(cc)
 	s.logf("propose conf change %s %d via %d: %v", cc.Type, cc.NodeID, l, err)
+	s.handleReady(ln)
+}
+
+// transferLeadership asks the current leader to hand over to a random
+// voter.
+func (s *Sim) transferLeadership() {
+	l := s.currentLeader()
+	if l == 0 {
+		return
+	}
+	ln := s.nodes[l]
+	voters := ln.rn.ConfState().Voters
+	target := voters[s.rng.IntN(len(voters))]
+	err := ln.rn.TransferLeadership(target)
+	s.logf("transfer leadership %d -> %d: %v", l, target, err)
+	s.result.Transfers++
 	s.handleReady(ln)
 }
 

@@ -38,7 +38,7 @@ func TestSweep(t *testing.T) {
 
 func TestNoFaultsMakesProgress(t *testing.T) {
 	o := Default(7)
-	o.LossRate, o.DupRate, o.PartitionRate, o.CrashRate, o.MembershipRate = 0, 0, 0, 0, 0
+	o.LossRate, o.DupRate, o.PartitionRate, o.CrashRate, o.MembershipRate, o.TransferRate = 0, 0, 0, 0, 0, 0
 	res, err := Run(o)
 	if err != nil {
 		t.Fatal(err)
