@@ -198,7 +198,8 @@ func (c *Client) do(ctx context.Context, write bool, op func(ctx context.Context
 	mayHaveApplied := false
 	var last error
 	for attempt := 0; ; attempt++ {
-		i := int(c.next.Load()) % len(c.conns)
+		cur := c.next.Load()
+		i := int(cur) % len(c.conns)
 		actx, cancel := context.WithTimeout(ctx, c.cfg.AttemptTimeout)
 		err := op(actx, c.conns[i])
 		cancel()
@@ -215,7 +216,8 @@ func (c *Client) do(ctx context.Context, write bool, op func(ctx context.Context
 				break // no session: a retry could apply the write twice
 			}
 		}
-		c.next.CompareAndSwap(uint32(i), uint32(i+1))
+		// Move on to the next member, unless another call already did.
+		c.next.CompareAndSwap(cur, uint32((i+1)%len(c.conns)))
 		select {
 		case <-ctx.Done():
 		case <-time.After(backoff):
