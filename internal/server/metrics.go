@@ -25,6 +25,8 @@ type metrics struct {
 	leaderChanges   prometheus.Counter
 	peerSent        prometheus.Counter
 	applied         prometheus.Gauge
+	committed       prometheus.Gauge
+	lastIndex       prometheus.Gauge
 	term            prometheus.Gauge
 	isLeader        prometheus.Gauge
 	hasLeader       prometheus.Gauge
@@ -44,13 +46,15 @@ func newMetrics() *metrics {
 		leaderChanges: prometheus.NewCounter(prometheus.CounterOpts{Name: "cairn_leader_changes_total", Help: "Leader changes seen by this member."}),
 		peerSent:      prometheus.NewCounter(prometheus.CounterOpts{Name: "cairn_peer_messages_sent_total", Help: "Raft messages handed to the peer transport."}),
 		applied:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "cairn_applied_index", Help: "Last Raft index applied to the state machine."}),
+		committed:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "cairn_committed_index", Help: "Highest Raft index known to be committed."}),
+		lastIndex:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "cairn_last_index", Help: "Last index in the local Raft log."}),
 		term:          prometheus.NewGauge(prometheus.GaugeOpts{Name: "cairn_raft_term", Help: "Current Raft term."}),
 		isLeader:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "cairn_is_leader", Help: "1 if this member leads."}),
 		hasLeader:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "cairn_has_leader", Help: "1 if this member knows a leader."}),
 		keys:          prometheus.NewGauge(prometheus.GaugeOpts{Name: "cairn_keys", Help: "Keys in the store."}),
 	}
 	m.reg.MustRegister(m.proposals, m.proposalsFailed, m.fsync, m.snapshotBytes, m.leaderChanges, m.peerSent,
-		m.applied, m.term, m.isLeader, m.hasLeader, m.keys,
+		m.applied, m.committed, m.lastIndex, m.term, m.isLeader, m.hasLeader, m.keys,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }
@@ -65,6 +69,9 @@ func (m *metrics) observe(s *Server) {
 		m.lastLeader = lead
 	}
 	m.applied.Set(float64(s.sm.appliedIndex()))
+	st := s.node.Status()
+	m.committed.Set(float64(st.Commit))
+	m.lastIndex.Set(float64(st.LastIndex))
 	m.term.Set(float64(s.node.Term()))
 	m.isLeader.Set(b2f(lead == s.id))
 	m.hasLeader.Set(b2f(lead != raft.None))
