@@ -1,0 +1,151 @@
+// Command benchcmp is the Go half of bench/compare.sh, which runs etcd's
+// benchmark tool against a 3-member etcd cluster and a 3-member Cairn
+// cluster. It has three subcommands:
+//
+//	benchcmp report -dir RESULTS   parse RESULTS/raw/*.out, write the table
+//	                               (table.md, also printed), results.csv,
+//	                               results.json and plot.png
+//	benchcmp probe -endpoints E -since-ns T
+//	                               wait until a linearizable read succeeds,
+//	                               print seconds since T (restart time)
+//	benchcmp fsync -dir D          measure 4 KiB append+fsync on D's disk
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+	}
+	var err error
+	switch os.Args[1] {
+	case "report":
+		err = cmdReport(os.Args[2:])
+	case "probe":
+		err = cmdProbe(os.Args[2:])
+	case "fsync":
+		err = cmdFsync(os.Args[2:])
+	default:
+		usage()
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "benchcmp:", err)
+		os.Exit(1)
+	}
+}
+
+func usage() {
+	fmt.Fprintln(os.Stderr, "usage: benchcmp report -dir DIR | probe -endpoints A,B -since-ns N | fsync -dir DIR")
+	os.Exit(2)
+}
+
+func cmdReport(args []string) error {
+	fs := flag.NewFlagSet("report", flag.ExitOnError)
+	dir := fs.String("dir", "", "results directory written by compare.sh")
+	_ = fs.Parse(args)
+	if *dir == "" || fs.NArg() > 0 {
+		usage()
+	}
+	rep, err := buildReport(*dir)
+	if err != nil {
+		return err
+	}
+	tf, err := os.Create(filepath.Join(*dir, "table.md"))
+	if err != nil {
+		return err
+	}
+	writeTable(tf, rep)
+	if err := tf.Close(); err != nil {
+		return err
+	}
+	writeTable(os.Stdout, rep)
+	if err := writeCSV(filepath.Join(*dir, "results.csv"), rep); err != nil {
+		return err
+	}
+	if err := writeJSON(filepath.Join(*dir, "results.json"), rep); err != nil {
+		return err
+	}
+	return writePlot(filepath.Join(*dir, "plot.png"), rep)
+}
+
+// cmdProbe polls with linearizable reads (each needs a leader and a
+// ReadIndex round) until one succeeds, and prints the seconds elapsed since
+// -since-ns, the moment compare.sh started the members.
+func cmdProbe(args []string) error {
+	fs := flag.NewFlagSet("probe", flag.ExitOnError)
+	eps := fs.String("endpoints", "", "comma-separated client endpoints")
+	since := fs.Int64("since-ns", 0, "start time, Unix nanoseconds (default: now)")
+	timeout := fs.Duration("timeout", 120*time.Second, "give up after this long")
+	key := fs.String("key", "benchcmp-probe", "key to read")
+	_ = fs.Parse(args)
+	if *eps == "" || fs.NArg() > 0 {
+		usage()
+	}
+	start := time.Now()
+	if *since != 0 {
+		start = time.Unix(0, *since)
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   strings.Split(*eps, ","),
+		DialTimeout: time.Second,
+	})
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	deadline := time.Now().Add(*timeout)
+	var last error
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		_, last = cli.Get(ctx, *key)
+		cancel()
+		if last == nil {
+			fmt.Printf("%.3f\n", time.Since(start).Seconds())
+			return nil
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return fmt.Errorf("no linearizable read succeeded within %v: %v", *timeout, last)
+}
+
+// cmdFsync measures what one durable WAL append costs on this disk: write
+// 4 KiB at the end of a file, then fsync, n times.
+func cmdFsync(args []string) error {
+	fs := flag.NewFlagSet("fsync", flag.ExitOnError)
+	dir := fs.String("dir", ".", "directory on the disk to measure")
+	n := fs.Int("n", 500, "appends")
+	_ = fs.Parse(args)
+	f, err := os.CreateTemp(*dir, "fsync-*.tmp")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	buf := make([]byte, 4096)
+	d := make([]float64, 0, *n)
+	for i := 0; i < *n; i++ {
+		t := time.Now()
+		if _, err := f.Write(buf); err != nil {
+			return err
+		}
+		if err := f.Sync(); err != nil {
+			return err
+		}
+		d = append(d, float64(time.Since(t).Microseconds()))
+	}
+	slices.Sort(d)
+	fmt.Printf("4KiB append+fsync x%d: p50 %.0f us, p90 %.0f us, p99 %.0f us\n",
+		*n, d[len(d)/2], d[len(d)*9/10], d[len(d)*99/100])
+	return nil
+}
