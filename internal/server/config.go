@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/cairn-db/cairn/raft/wal"
 )
 
 // Config configures a server. Fields map one-to-one to `cairn server`
@@ -59,6 +61,14 @@ type Config struct {
 	// UnsafeNoFsync disables fsync (benchmarks and tests only).
 	UnsafeNoFsync bool
 	Logger        *slog.Logger
+
+	// fs, when set by an in-package test, replaces the operating system's
+	// file system under the Raft directory (WAL and snapshots), so tests
+	// can make writes fail the way a full disk does.
+	fs wal.FS
+	// walSegmentSize, when set by an in-package test, makes WAL segments
+	// small, so a few writes roll segments and snapshots release them.
+	walSegmentSize int64
 }
 
 // Defaults returns a Config with every default filled in.

@@ -42,10 +42,15 @@ func readIdentity(path string) (*identity, error) {
 type dataDir struct {
 	path  string
 	lock  *os.File
-	fresh bool // created by this start: no identity existed
+	want  identity
+	fresh bool // no identity existed: create writes it
 }
 
-// openDataDir creates or checks the data dir and takes its lock.
+// openDataDir creates the data dir if needed, takes its lock and checks
+// that it belongs to want. It writes nothing else: a fresh data dir gets
+// its identity only from create, once the member has its ports, so a start
+// refused for a busy port leaves no identity behind that would then refuse
+// a corrected retry.
 func openDataDir(path string, want identity) (*dataDir, error) {
 	if err := os.MkdirAll(path, 0o700); err != nil {
 		return nil, fmt.Errorf("cannot create data dir %s: %w", path, err)
@@ -58,17 +63,13 @@ func openDataDir(path string, want identity) (*dataDir, error) {
 		lock.Close()
 		return nil, fmt.Errorf("data dir %s is in use by another cairn process", path)
 	}
-	d := &dataDir{path: path, lock: lock}
+	d := &dataDir{path: path, lock: lock, want: want}
 	b, err := os.ReadFile(filepath.Join(path, identityFile))
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		if entries, _ := os.ReadDir(filepath.Join(path, "raft")); len(entries) > 0 {
 			d.close()
 			return nil, fmt.Errorf("data dir %s has Raft data but no %s; refusing to guess whose it is", path, identityFile)
-		}
-		if err := writeFileAtomic(filepath.Join(path, identityFile), mustJSON(want)); err != nil {
-			d.close()
-			return nil, err
 		}
 		d.fresh = true
 		return d, nil
@@ -94,6 +95,15 @@ func openDataDir(path string, want identity) (*dataDir, error) {
 		return nil, fmt.Errorf("data dir %s belongs to member %q (%x), not to %q (%x)", path, have.Name, have.MemberID, want.Name, want.MemberID)
 	}
 	return d, nil
+}
+
+// create writes a fresh data dir's identity. It must run before any Raft
+// data is written, so no data dir ever holds Raft data without an owner.
+func (d *dataDir) create() error {
+	if !d.fresh {
+		return nil
+	}
+	return writeFileAtomic(filepath.Join(d.path, identityFile), mustJSON(d.want))
 }
 
 func (d *dataDir) raftDir() string { return filepath.Join(d.path, "raft") }

@@ -167,7 +167,26 @@ func (s *Server) propose(ctx context.Context, kind byte, payload []byte) (*kv.Re
 	defer cancel()
 	s.metrics.proposals.Inc()
 	data := envelope{kind: kind, origin: s.id, reqID: id, payload: payload}.marshal()
-	if err := s.node.Submit(ctx, data); err != nil {
+	for {
+		err := s.node.Submit(ctx, data)
+		if err == nil {
+			break
+		}
+		// With no leader known (an election in progress, or a member that
+		// has just started) nothing was submitted: wait for a leader
+		// within the request's time instead of failing a write that
+		// would succeed a moment later. etcd's clients do not retry a
+		// write on "no leader" themselves.
+		var nle *raft.NotLeaderError
+		if errors.As(err, &nle) {
+			if _, werr := s.node.WaitLeader(ctx); werr == nil {
+				select {
+				case <-time.After(5 * time.Millisecond):
+					continue
+				case <-ctx.Done():
+				}
+			}
+		}
 		s.metrics.proposalsFailed.Inc()
 		return nil, s.mapError(ctx, err)
 	}
@@ -178,8 +197,19 @@ func (s *Server) propose(ctx context.Context, kind byte, payload []byte) (*kv.Re
 		s.metrics.proposalsFailed.Inc()
 		return nil, s.mapError(ctx, ctx.Err())
 	case <-s.node.Done():
-		return nil, rpctypes.ErrGRPCStopped
+		return nil, s.errStopped()
 	}
+}
+
+// errStopped is etcd's "server stopped", with the cause when a fatal
+// error (a failed disk, a full one) stopped this member, so the client
+// learns why instead of a bare "stopped".
+func (s *Server) errStopped() error {
+	if err := s.node.Err(); err != nil {
+		return status.Errorf(codes.Unavailable, "%s: this member stopped after a fatal error, so the request may or may not have been applied: %v",
+			rpctypes.ErrStopped.Error(), err)
+	}
+	return rpctypes.ErrGRPCStopped
 }
 
 func (s *Server) mapError(ctx context.Context, err error) error {
@@ -188,7 +218,7 @@ func (s *Server) mapError(ctx context.Context, err error) error {
 	case errors.As(err, &nle):
 		return rpctypes.ErrGRPCNoLeader
 	case errors.Is(err, raftnode.ErrStopped):
-		return rpctypes.ErrGRPCStopped
+		return s.errStopped()
 	case errors.Is(err, raftnode.ErrLeaderChanged):
 		return rpctypes.ErrGRPCLeaderChanged
 	case errors.Is(ctx.Err(), context.Canceled):

@@ -8,6 +8,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -121,13 +124,26 @@ func Start(cfg Config) (*Server, error) {
 		}
 	}
 	s.metrics = newMetrics()
+	if err := s.dir.create(); err != nil {
+		peerLn.Close()
+		return nil, err
+	}
 
-	s.storage, err = wal.OpenDiskStorage(wal.OSFS{}, s.dir.raftDir(), wal.StorageOptions{
+	var fsys wal.FS = wal.OSFS{}
+	if cfg.fs != nil {
+		fsys = cfg.fs
+	}
+	s.storage, err = wal.OpenDiskStorage(fsys, s.dir.raftDir(), wal.StorageOptions{
 		Logger:      s.logger,
 		KeepEntries: cfg.SnapshotCatchupEntries,
+		SegmentSize: cfg.walSegmentSize,
 	})
 	if err != nil {
 		peerLn.Close()
+		if bad := damagedSnapshots(s.dir.raftDir()); errors.Is(err, wal.ErrCorrupt) && len(bad) > 0 {
+			// The WAL's error names the gap; the operator needs the file.
+			return nil, fmt.Errorf("cannot open the Raft log in %s: %w (damaged snapshot files: %s)", s.dir.raftDir(), err, strings.Join(bad, ", "))
+		}
 		return nil, fmt.Errorf("cannot open the Raft log in %s: %w", s.dir.raftDir(), err)
 	}
 	storage := &timedStorage{DiskStorage: raftnode.DiskStorage{DiskStorage: s.storage}, m: s.metrics}
@@ -385,3 +401,34 @@ func (l *lateHandler) ReportSnapshot(id uint64, ok bool) {
 		h.ReportSnapshot(id, ok)
 	}
 }
+
+// damagedSnapshots returns the snapshot files under raftDir that fail
+// their checksum, for the message of a refused start. It only reads: a
+// refused start leaves the data dir as it found it.
+func damagedSnapshots(raftDir string) []string {
+	dir := filepath.Join(raftDir, "snap")
+	if _, err := os.Stat(dir); err != nil {
+		return nil
+	}
+	sn, err := wal.NewSnapshotter(readOnlyFS{}, dir, nil)
+	if err != nil {
+		return nil
+	}
+	idx, err := sn.List()
+	if err != nil {
+		return nil
+	}
+	var bad []string
+	for _, i := range idx {
+		if _, err := sn.Verify(i); errors.Is(err, wal.ErrCorrupt) {
+			bad = append(bad, filepath.Join(dir, fmt.Sprintf("%016x.snap", i))) // the Snapshotter's file name
+		}
+	}
+	return bad
+}
+
+// readOnlyFS is the OS file system with removals turned into no-ops (the
+// Snapshotter deletes leftover temporary files when it opens a directory).
+type readOnlyFS struct{ wal.OSFS }
+
+func (readOnlyFS) Remove(string) error { return nil }
