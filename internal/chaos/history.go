@@ -175,11 +175,11 @@ func Operations(ents []Entry) []porcupine.Operation {
 
 // Do runs one operation and classifies its outcome. A read that fails has
 // no effect (fail); a write fails only when the error proves it was not
-// applied, and is unknown otherwise.
-func Do(ctx context.Context, cl *client.Client, in Input) (Output, string, error) {
+// applied, and is unknown otherwise. getOpts apply to reads.
+func Do(ctx context.Context, cl *client.Client, in Input, getOpts ...client.Option) (Output, string, error) {
 	switch in.Op {
 	case "get":
-		r, err := cl.Get(ctx, in.Key)
+		r, err := cl.Get(ctx, in.Key, getOpts...)
 		if err != nil {
 			return Output{}, OutcomeFail, err
 		}

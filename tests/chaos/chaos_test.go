@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/anishathalye/porcupine"
+
 	"github.com/cairn-db/cairn/internal/chaos"
 )
 
@@ -33,7 +35,64 @@ var (
 	flagImage    = flag.String("image", "", "use this image instead of building one from the checkout")
 	flagKeep     = flag.Bool("keep", false, "save the evidence directory even when the run passes")
 	flagArtifact = flag.String("artifacts", "", "parent directory for evidence (default $TMPDIR)")
+	flagCanary   = flag.Bool("canary", false, "TestChaosCanary: run with serializable (stale-capable) reads and require a violation")
 )
+
+func setup(t *testing.T, duration time.Duration) (chaos.Docker, uint64, string) {
+	t.Helper()
+	d := chaos.Docker{}
+	if err := d.Available(context.Background()); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("CI=true but %v", err)
+		}
+		t.Skipf("skipping: %v", err)
+	}
+	seed := *flagSeed
+	if seed == 0 {
+		if v := os.Getenv("CAIRN_SEED"); v != "" {
+			var err error
+			if seed, err = strconv.ParseUint(v, 10, 64); err != nil {
+				t.Fatalf("CAIRN_SEED=%q: %v", v, err)
+			}
+		} else {
+			seed = uint64(time.Now().UnixNano()) % 1_000_000_000
+		}
+	}
+	t.Logf("seed %d; replay: %s", seed, chaos.ReplayHint(seed, duration))
+	image := *flagImage
+	if image == "" {
+		image = buildImage(t)
+	}
+	return d, seed, image
+}
+
+// TestChaosCanary checks the checker end to end: with serializable reads,
+// which may be stale, and faults that leave a deposed leader reachable by
+// clients, the harness must report a linearizability violation and save
+// its evidence. Opt-in with -canary.
+func TestChaosCanary(t *testing.T) {
+	if !*flagCanary {
+		t.Skip("opt-in: go test ./tests/chaos -run TestChaosCanary -v -args -canary")
+	}
+	duration := 40 * time.Second
+	if *flagDuration != 0 {
+		duration = *flagDuration
+	}
+	d, seed, image := setup(t, duration)
+	res, err := chaos.Run(context.Background(), chaos.Config{
+		Image: image, Seed: seed, Duration: duration, Clients: *flagClients, Docker: d,
+		Kinds: []chaos.Kind{chaos.OneWay, chaos.Bridge, chaos.Latency}, ArtifactDir: *flagArtifact,
+		UnsafeSerializableReads: true,
+		Logf:                    func(format string, args ...any) { t.Logf(format, args...) },
+	})
+	if err != nil {
+		t.Fatalf("seed %d: %v", seed, err)
+	}
+	t.Logf("result:\n%s", res.Summary())
+	if res.Linearizable != porcupine.Illegal || res.ArtifactDir == "" {
+		t.Fatalf("seed %d: stale reads went undetected (verdict %v, evidence %q)", seed, res.Linearizable, res.ArtifactDir)
+	}
+}
 
 // TestChaos runs the workload under the seeded fault schedule and asserts
 // that the history is linearizable, every acknowledged append is present
@@ -50,34 +109,12 @@ func TestChaos(t *testing.T) {
 			duration = v
 		}
 	}
-	ctx := context.Background()
-	d := chaos.Docker{}
-	if err := d.Available(ctx); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true but %v", err)
-		}
-		t.Skipf("skipping: %v", err)
-	}
 	kinds, err := chaos.ParseKinds(*flagFaults)
 	if err != nil {
 		t.Fatal(err)
 	}
-	seed := *flagSeed
-	if seed == 0 {
-		if v := os.Getenv("CAIRN_SEED"); v != "" {
-			if seed, err = strconv.ParseUint(v, 10, 64); err != nil {
-				t.Fatalf("CAIRN_SEED=%q: %v", v, err)
-			}
-		} else {
-			seed = uint64(time.Now().UnixNano()) % 1_000_000_000
-		}
-	}
-	t.Logf("seed %d; replay: %s", seed, chaos.ReplayHint(seed, duration))
-	image := *flagImage
-	if image == "" {
-		image = buildImage(t)
-	}
-	res, err := chaos.Run(ctx, chaos.Config{
+	d, seed, image := setup(t, duration)
+	res, err := chaos.Run(context.Background(), chaos.Config{
 		Image: image, Seed: seed, Duration: duration, MaxOps: *flagOps, Clients: *flagClients,
 		Kinds: kinds, ArtifactDir: *flagArtifact, Keep: *flagKeep, Docker: d,
 		Logf: func(format string, args ...any) { t.Logf(format, args...) },
