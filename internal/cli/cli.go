@@ -29,6 +29,7 @@ func commands() map[string]command {
 		"member":  {"list, add, remove or promote members", runMember},
 		"dev":     {"run a local 3-member cluster until Ctrl-C", runDev},
 		"demo":    {"start a cluster, kill its leader, show nothing is lost", runDemo},
+		"chaos":   {"fault-test a containerized cluster (Docker) from a seed", runChaos},
 		"mr":      {"MapReduce: coordinator, worker, submit, status, run", runMR},
 	}
 }
