@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"hash/crc32"
 	"math/rand"
 	"net"
 	"os"
@@ -208,7 +209,12 @@ func runWorker(env Env, args []string) int {
 			os.Exit(1)
 		}()
 	}
-	hook, err := parseFault(*faultSpec)
+	// Vary the fault seed by worker slot and restart generation, so a
+	// restarted worker does not crash at the very same point again.
+	salt := int64(crc32.ChecksumIEEE([]byte(*dataDir)))
+	gen, _ := strconv.Atoi(os.Getenv("CAIRN_MR_WORKER_GENERATION"))
+	salt += int64(gen) * 7919
+	hook, err := parseFault(*faultSpec, salt, gen)
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "%s worker: --test-fault: %v\n", env.Prog, err)
 		return 2
@@ -242,13 +248,15 @@ func runWorker(env Env, args []string) int {
 }
 
 // parseFault builds a process worker's fault hook from
-// "rate=R,seed=S,kinds=crash+hang+freeze+error". A crash exits the process
-// at once with status 3, as a machine failure would.
-func parseFault(spec string) (worker.FaultHook, error) {
+// "rate=R,seed=S,kinds=crash+hang+freeze+error,gens=G": at each fault
+// point, with probability R, one of the kinds, but only in the first G
+// generations of a worker restarted by run (all if G is 0). A crash exits
+// the process at once with status 3, as a machine failure would.
+func parseFault(spec string, salt int64, gen int) (worker.FaultHook, error) {
 	if spec == "" {
 		return nil, nil
 	}
-	rate, seed := 0.0, int64(1)
+	rate, seed, gens := 0.0, int64(1), 0
 	kinds := []worker.Fault{worker.FaultCrash}
 	for _, kv := range strings.Split(spec, ",") {
 		k, v, _ := strings.Cut(kv, "=")
@@ -258,6 +266,8 @@ func parseFault(spec string) (worker.FaultHook, error) {
 			rate, err = strconv.ParseFloat(v, 64)
 		case "seed":
 			seed, err = strconv.ParseInt(v, 10, 64)
+		case "gens":
+			gens, err = strconv.Atoi(v)
 		case "kinds":
 			kinds = nil
 			for _, name := range strings.Split(v, "+") {
@@ -274,12 +284,16 @@ func parseFault(spec string) (worker.FaultHook, error) {
 			return nil, err
 		}
 	}
-	rng := rand.New(rand.NewSource(seed))
+	if gens > 0 && gen >= gens {
+		return nil, nil
+	}
+	rng := rand.New(rand.NewSource(seed + salt))
 	return func(point string, task int) worker.Fault {
 		if rng.Float64() >= rate {
 			return worker.FaultNone
 		}
 		f := kinds[rng.Intn(len(kinds))]
+		fmt.Fprintf(os.Stderr, "test-fault: fault %d at %s of task %d\n", f, point, task)
 		if f == worker.FaultCrash {
 			os.Exit(3)
 		}

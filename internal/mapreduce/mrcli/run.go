@@ -105,7 +105,12 @@ func RunLocal(ctx context.Context, l Local) (wire.JobStatus, error) {
 		args = append(args, l.WorkerArgs...)
 		sup.start(argv[0], args)
 	}
-	st, ferr := follow(ctx, func() (wire.JobStatus, error) { return c.Job(id) }, l.Env.Stderr, l.Progress)
+	st, ferr := follow(ctx, func() (wire.JobStatus, error) {
+		if sup.allGone() {
+			return wire.JobStatus{}, errors.New("every worker process exited and none is left to restart")
+		}
+		return c.Job(id)
+	}, l.Env.Stderr, l.Progress)
 	c.Shutdown()
 	sup.stop(5 * time.Second)
 	if ferr != nil {
@@ -122,13 +127,30 @@ type supervisor struct {
 	respawn int
 	done    bool
 	procs   map[*exec.Cmd]bool
+	started int // worker slots started
+	ended   int // worker slots that gave up
 	wg      sync.WaitGroup
+}
+
+// allGone reports whether every worker slot ended for good.
+func (s *supervisor) allGone() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.started > 0 && s.ended == s.started
 }
 
 func (s *supervisor) start(name string, args []string) {
 	s.wg.Add(1)
+	s.mu.Lock()
+	s.started++
+	s.mu.Unlock()
 	go func() {
 		defer s.wg.Done()
+		defer func() {
+			s.mu.Lock()
+			s.ended++
+			s.mu.Unlock()
+		}()
 		for gen := 0; ; gen++ {
 			cmd := exec.Command(name, args...)
 			cmd.Env = append(os.Environ(), s.env.WorkerEnv...)
@@ -170,9 +192,11 @@ func (s *supervisor) start(name string, args []string) {
 			if err == nil || done {
 				return
 			}
-			if s.verbose || !again {
-				fmt.Fprintf(s.env.Stderr, "%s run: worker process exited: %v%s\n", s.env.Prog, err, map[bool]string{true: "; restarting it", false: ""}[again])
+			what := "; not restarting it (no restarts left)"
+			if again {
+				what = "; restarting it"
 			}
+			fmt.Fprintf(s.env.Stderr, "%s run: worker process exited: %v%s\n", s.env.Prog, err, what)
 			if !again {
 				return
 			}
