@@ -140,9 +140,11 @@ func Start(cfg Config) (*Server, error) {
 	})
 	if err != nil {
 		peerLn.Close()
-		if bad := damagedSnapshots(s.dir.raftDir()); errors.Is(err, wal.ErrCorrupt) && len(bad) > 0 {
+		if errors.Is(err, wal.ErrCorrupt) {
 			// The WAL's error names the gap; the operator needs the file.
-			return nil, fmt.Errorf("cannot open the Raft log in %s: %w (damaged snapshot files: %s)", s.dir.raftDir(), err, strings.Join(bad, ", "))
+			if bad := damagedSnapshots(s.dir.raftDir()); len(bad) > 0 {
+				return nil, fmt.Errorf("cannot open the Raft log in %s: %w (damaged snapshot files: %s)", s.dir.raftDir(), err, strings.Join(bad, ", "))
+			}
 		}
 		return nil, fmt.Errorf("cannot open the Raft log in %s: %w", s.dir.raftDir(), err)
 	}
