@@ -93,7 +93,9 @@ func RunLocal(ctx context.Context, l Local) (wire.JobStatus, error) {
 		}
 		argv = append([]string{exe}, l.Env.WorkerSubcommand...)
 	}
-	sup := &supervisor{env: l.Env, respawn: l.Respawn, verbose: l.Verbose}
+	env := l.Env
+	env.Stderr = &syncWriter{w: l.Env.Stderr} // shared by every worker process
+	sup := &supervisor{env: env, respawn: l.Respawn, verbose: l.Verbose}
 	for i := 0; i < l.Workers; i++ {
 		args := append(append([]string(nil), argv[1:]...),
 			"--coordinator", ln.Addr().String(),
@@ -277,4 +279,17 @@ func runRun(env Env, args []string) int {
 		return 1
 	}
 	return 0
+}
+
+// syncWriter serializes writes, for a writer shared by several processes'
+// output copiers.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
 }
