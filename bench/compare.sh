@@ -3,13 +3,17 @@
 # against a 3-member etcd cluster and a 3-member Cairn cluster on loopback,
 # and print one table of medians (issue 6). See docs/performance.md.
 #
-#   bench/compare.sh [--quick] [--reps N] [--f-reps N] [--out DIR] [--only a,b,...]
+#   bench/compare.sh [--quick] [--reps N] [--f-reps N] [--out DIR] [--only a,b,...] [--pprof SECS]
 #
 # --quick   tiny counts, 1 repetition: checks that the script works (~2 min)
 # --reps    repetitions of workloads a-e (default 3); systems alternate
 # --f-reps  repetitions of workload f (load 1M keys, RSS, restart; default 1)
 # --out     results directory (default bench/.cache/results/<timestamp>)
 # --only    comma-separated workload ids to run (a b c d e e2 f)
+# --pprof   CPU-profile every member for SECS seconds from the start of each
+#           first-repetition run (etcd --enable-pprof; Cairn built as
+#           bench/cairnprof, cmd/cairn plus net/http/pprof), and take a 2 s
+#           execution trace of each Cairn member; in OUT/prof
 #
 # Installs what it needs: Debian's etcd-server and etcd-client (apt-get,
 # skipped if etcd and etcdctl are on PATH) and etcd's benchmark tool, built
@@ -25,6 +29,7 @@ REPS=3
 FREPS=1
 OUT=""
 ONLY="a,b,c,d,e,e2,f"
+PPROF=0
 ARGV="$*"
 
 while (($#)); do
@@ -34,6 +39,7 @@ while (($#)); do
 	--f-reps) FREPS=$2; shift ;;
 	--out) OUT=$2; shift ;;
 	--only) ONLY=$2; shift ;;
+	--pprof) PPROF=$2; shift ;;
 	-h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) echo "compare.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
 	esac
@@ -51,9 +57,9 @@ want() { [[ ",$ONLY," == *",$1,"* ]]; }
 
 # ---------------------------------------------------------------- counts
 if ((QUICK)); then
-	N_A=500 N_B=2000 N_READ=2000 N_TXN=1000 N_STM=500 N_F=10000 RUN_TIMEOUT=120
+	N_A=500 N_B=2000 N_READ=2000 N_TXN=1000 N_STM=500 N_F=10000 RUN_TIMEOUT=120 RESTARTS=1
 else
-	N_A=10000 N_B=100000 N_READ=100000 N_TXN=50000 N_STM=20000 N_F=1000000 RUN_TIMEOUT=900
+	N_A=10000 N_B=100000 N_READ=100000 N_TXN=50000 N_STM=20000 N_F=1000000 RUN_TIMEOUT=900 RESTARTS=3
 fi
 VAL=256
 
@@ -104,7 +110,9 @@ install_deps() {
 	fi
 	BENCH=$bench
 	log "building cairn and benchcmp"
-	(cd "$ROOT" && go build -o "$CACHE/bin/cairn" ./cmd/cairn && go build -o "$CACHE/bin/benchcmp" ./bench/benchcmp) ||
+	local main=./cmd/cairn
+	((PPROF == 0)) || main=./bench/cairnprof
+	(cd "$ROOT" && go build -o "$CACHE/bin/cairn" "$main" && go build -o "$CACHE/bin/benchcmp" ./bench/benchcmp) ||
 		die "go build failed"
 	CAIRN=$CACHE/bin/cairn
 	BENCHCMP=$CACHE/bin/benchcmp
@@ -140,9 +148,9 @@ start_member() { # system i
 			--initial-cluster "m0=http://127.0.0.1:${ETCD_PP[0]},m1=http://127.0.0.1:${ETCD_PP[1]},m2=http://127.0.0.1:${ETCD_PP[2]}" \
 			--initial-cluster-token cairn-bench --initial-cluster-state new \
 			--heartbeat-interval 100 --election-timeout 1000 \
-			--logger zap --log-level warn >>"$logf" 2>&1 &
+			$( ((PPROF == 0)) || echo --enable-pprof) --logger zap --log-level warn >>"$logf" 2>&1 &
 	else
-		"$CAIRN" server --name "m$i" --data-dir "$dir" \
+		CAIRN_BENCH_PPROF=$( ((PPROF == 0)) || echo "127.0.0.1:$((CAIRN_CP[i] + 2))") "$CAIRN" server --name "m$i" --data-dir "$dir" \
 			--listen-client "127.0.0.1:${CAIRN_CP[i]}" --listen-peer "127.0.0.1:${CAIRN_PP[i]}" \
 			--initial-cluster "m0=127.0.0.1:${CAIRN_PP[0]},m1=127.0.0.1:${CAIRN_PP[1]},m2=127.0.0.1:${CAIRN_PP[2]}" \
 			--tick-interval 100ms --election-ticks 10 --log-level warn >>"$logf" 2>&1 &
@@ -210,6 +218,33 @@ rss_mib() { # system: sum of VmRSS of the 3 members, MiB
 
 load_avg() { cut -d' ' -f1-3 /proc/loadavg; }
 
+cpu_ticks() { # system: user+system CPU ticks of the 3 members so far
+	local sys=$1 i total=0 t
+	for i in 0 1 2; do
+		t=$(awk '{print $14 + $15}' "/proc/${PIDS[$sys$i]}/stat" 2>/dev/null || echo 0)
+		total=$((total + t))
+	done
+	echo "$total"
+}
+
+start_profiles() { # id system rep: CPU profiles of all members, in the background
+	local id=$1 sys=$2 rep=$3 i url
+	PROF_PIDS=()
+	((PPROF > 0 && rep == 1)) || return 0
+	mkdir -p "$OUT/prof"
+	for i in 0 1 2; do
+		if [[ $sys == etcd ]]; then url="http://127.0.0.1:${ETCD_CP[i]}"; else url="http://127.0.0.1:$((CAIRN_CP[i] + 2))"; fi
+		curl -sf -o "$OUT/prof/$id.$sys.m$i.pprof" "$url/debug/pprof/profile?seconds=$PPROF" &
+		PROF_PIDS+=($!)
+		# Cairn only: a 2 s execution trace from 1 s in, for off-CPU time
+		# (go tool trace -pprof=syscall|sync|net).
+		if [[ $sys == cairn ]]; then
+			(sleep 1 && curl -sf -o "$OUT/prof/$id.$sys.m$i.trace" "$url/debug/pprof/trace?seconds=2") &
+			PROF_PIDS+=($!)
+		fi
+	done
+}
+
 # ---------------------------------------------------------------- runs
 # Workloads: id, title, benchmark-tool arguments (identical for both systems).
 RANGE_KEY=benchrangekey
@@ -228,6 +263,9 @@ run_bench() { # id system rep args...
 	shift 3
 	local f="$OUT/raw/$id.$sys.$rep"
 	before=$(load_avg)
+	start_profiles "$id" "$sys" "$rep"
+	local t0 t1
+	t0=$(cpu_ticks "$sys")
 	echo "benchmark --precise --endpoints $(eps_of "$sys") $*" >"$f.cmd"
 	# In the background and waited for, so a signal runs the trap at once
 	# and cleanup can end it (BENCH_PID); --foreground keeps it in our
@@ -236,6 +274,9 @@ run_bench() { # id system rep args...
 	BENCH_PID=$!
 	wait "$BENCH_PID" || rc=$?
 	BENCH_PID=""
+	t1=$(cpu_ticks "$sys")
+	printf '%s.%s.%s\t%s\n' "$id" "$sys" "$rep" "$(awk -v a="$t0" -v b="$t1" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", (b-a)/hz}')" >>"$OUT/cpu.tsv"
+	((${#PROF_PIDS[@]} == 0)) || wait "${PROF_PIDS[@]}" || log "a profile of $id on $sys failed"
 	((rc != 124)) || log "$id on $sys (rep $rep) timed out after $RUN_TIMEOUT s"
 	after=$(load_avg)
 	printf '%s.%s.%s\t%s\t%s\n' "$id" "$sys" "$rep" "$before" "$after" >>"$OUT/load.tsv"
@@ -247,7 +288,7 @@ run_bench() { # id system rep args...
 }
 
 run_f() { # system rep
-	local sys=$1 rep=$2 rss disk restart rss2
+	local sys=$1 rep=$2 rss disk restart rss2 k
 	log "f on $sys (rep $rep): loading $N_F keys into a fresh cluster"
 	rm -rf "${DATA:?}/$sys"
 	start_cluster "$sys"
@@ -256,14 +297,18 @@ run_f() { # system rep
 	sleep 5
 	rss=$(rss_mib "$sys")
 	disk=$(du -sm "$DATA/$sys" | cut -f1)
+	# Restart the whole cluster RESTARTS times: one restart is mostly an
+	# election timeout plus noise; the table shows the median.
+	for ((k = 1; k <= RESTARTS; k++)); do
+		stop_cluster "$sys"
+		start_cluster "$sys"
+		restart=$SERVE_S
+		sleep 3
+		rss2=$(rss_mib "$sys")
+		printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$sys" "$rep" "$N_F" "$rss" "$restart" "$rss2" "$disk" >>"$OUT/mem.tsv"
+		log "f $sys rep $rep: RSS ${rss} MiB after load, disk ${disk} MiB; restart $k: ${restart}s to serving, RSS ${rss2} MiB"
+	done
 	stop_cluster "$sys"
-	start_cluster "$sys"
-	restart=$SERVE_S
-	sleep 5
-	rss2=$(rss_mib "$sys")
-	stop_cluster "$sys"
-	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$sys" "$rep" "$N_F" "$rss" "$restart" "$rss2" "$disk" >>"$OUT/mem.tsv"
-	log "f $sys rep $rep: RSS ${rss} MiB after load, restart ${restart}s, RSS ${rss2} MiB after restart, disk ${disk} MiB"
 }
 
 main() {
@@ -315,7 +360,7 @@ main() {
 		stop_cluster cairn
 	fi
 	if want f; then
-		printf 'f-load\tf. load %s keys, 100 clients\t(put, see run_f)\n' "$N_F" >>"$OUT/workloads.tsv"
+		printf 'f-load\tf. load %s keys, 100 clients\t(put, see run_f)\n' "$(numfmt --to=si "$N_F")" >>"$OUT/workloads.tsv"
 		for ((rep = 1; rep <= FREPS; rep++)); do
 			if ((rep % 2)); then order="etcd cairn"; else order="cairn etcd"; fi
 			for sys in $order; do run_f "$sys" "$rep" || die "workload f failed on $sys"; done

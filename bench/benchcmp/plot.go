@@ -18,7 +18,7 @@ var (
 	colBad   = color.RGBA{190, 40, 30, 255}
 	metricUI = map[string]string{
 		"qps": "throughput, ops/s", "p50_ms": "p50 latency, ms", "p99_ms": "p99 latency, ms",
-		"rss_mib": "RSS MiB loaded", "rss_restart_mib": "RSS MiB restarted", "restart_s": "restart, s",
+		"rss_mib": "RSS MiB loaded", "rss_restart_mib": "RSS MiB restarted", "restart_s": "restart, s", "cpu_us": "server CPU us/op",
 	}
 )
 
@@ -29,12 +29,12 @@ var (
 func writePlot(path string, rep *Report) error {
 	const (
 		scale   = 2
-		labelW  = 330
+		labelW  = 400
 		cellW   = 300
 		cellH   = 74
 		top     = 64
 		barH    = 18
-		ncols   = 3
+		ncols   = 4
 		margin  = 10
 		valueW  = 90
 		headerH = 22
@@ -53,7 +53,7 @@ func writePlot(path string, rep *Report) error {
 		fillRect(img, lx+i*120, 12, 16, 14, colSys[s])
 		drawText(img, lx+i*120+22, 12, s, scale, colText)
 	}
-	for c, m := range []string{"qps", "p50_ms", "p99_ms"} {
+	for c, m := range []string{"qps", "p50_ms", "p99_ms", "cpu_us"} {
 		drawText(img, labelW+c*cellW, top, metricUI[m], scale, colText)
 	}
 	y0 := top + headerH
@@ -61,8 +61,8 @@ func writePlot(path string, rep *Report) error {
 		y := y0 + i*cellH
 		fillRect(img, margin, y, w-2*margin, 1, colGrid)
 		title := r.Title
-		if len([]rune(title)) > 26 {
-			title = string([]rune(title)[:26])
+		if n := (labelW - margin) / (6 * scale); len([]rune(title)) > n {
+			title = string([]rune(title)[:n])
 		}
 		drawText(img, margin, y+10, title, scale, colText)
 		if r.Met != "-" {

@@ -31,7 +31,9 @@ type Run struct {
 	System   string `json:"system"`
 	Rep      int    `json:"rep"`
 	Result
-	File string `json:"file"`
+	ServerCPUS float64 `json:"server_cpu_s"` // CPU time of the 3 members during the run
+	CPUUSPerOp float64 `json:"server_cpu_us_per_op"`
+	File       string  `json:"file"`
 }
 
 // MemRun is one line of mem.tsv: workload (f) for one system.
@@ -111,6 +113,13 @@ func buildReport(dir string) (*Report, error) {
 		rep.Load = append(rep.Load, strings.Split(l, "\t"))
 	})
 
+	cpu := map[string]float64{}
+	_ = readLines(filepath.Join(dir, "cpu.tsv"), func(l string) {
+		if k, v, ok := strings.Cut(l, "\t"); ok {
+			cpu[k], _ = strconv.ParseFloat(v, 64)
+		}
+	})
+
 	files, err := filepath.Glob(filepath.Join(dir, "raw", "*.out"))
 	if err != nil {
 		return nil, err
@@ -137,7 +146,12 @@ func buildReport(dir string) (*Report, error) {
 			continue
 		}
 		rel, _ := filepath.Rel(dir, f)
-		rep.Runs = append(rep.Runs, Run{Workload: parts[0], System: parts[1], Rep: n, Result: res, File: rel})
+		run := Run{Workload: parts[0], System: parts[1], Rep: n, Result: res, File: rel}
+		if c, ok := cpu[strings.Join(parts, ".")]; ok && res.QPS*res.TotalS > 0 {
+			run.ServerCPUS = c
+			run.CPUUSPerOp = c * 1e6 / (res.QPS * res.TotalS)
+		}
+		rep.Runs = append(rep.Runs, run)
 	}
 
 	if err := readLines(filepath.Join(dir, "mem.tsv"), func(l string) {
@@ -155,7 +169,7 @@ func buildReport(dir string) (*Report, error) {
 	}
 
 	for _, w := range rep.Workloads {
-		row := Row{ID: w.ID, Title: w.Title, Metrics: []string{"qps", "p50_ms", "p99_ms"},
+		row := Row{ID: w.ID, Title: w.Title, Metrics: []string{"qps", "p50_ms", "p99_ms", "cpu_us"},
 			Cells: map[string]map[string]Cell{}, Errors: map[string]int{}}
 		for _, s := range systems {
 			vals := map[string][]float64{}
@@ -166,6 +180,9 @@ func buildReport(dir string) (*Report, error) {
 				vals["qps"] = append(vals["qps"], r.QPS)
 				vals["p50_ms"] = append(vals["p50_ms"], r.P50MS)
 				vals["p99_ms"] = append(vals["p99_ms"], r.P99MS)
+				if r.CPUUSPerOp > 0 {
+					vals["cpu_us"] = append(vals["cpu_us"], r.CPUUSPerOp)
+				}
 				row.Errors[s] += r.Errors
 			}
 			row.Cells[s] = cells(vals)
@@ -177,7 +194,7 @@ func buildReport(dir string) (*Report, error) {
 		keys := rep.Mem[0].Keys
 		rss := Row{ID: "f-rss", Title: fmt.Sprintf("f. RSS MiB, 3 members, %s keys", human(keys)),
 			Metrics: []string{"rss_mib", "rss_restart_mib"}, Cells: map[string]map[string]Cell{}}
-		rst := Row{ID: "f-restart", Title: "f. restart to first linearizable read, s",
+		rst := Row{ID: "f-restart", Title: "f. restart to first lin. read, s",
 			Metrics: []string{"restart_s"}, Cells: map[string]map[string]Cell{}}
 		for _, s := range systems {
 			a, b := map[string][]float64{}, map[string][]float64{}
@@ -254,6 +271,8 @@ func short(metric string) string {
 		return "RSS"
 	case "restart_s":
 		return "restart"
+	case "cpu_us":
+		return "CPU"
 	}
 	return metric
 }
@@ -313,11 +332,11 @@ func fmtRatio(r float64, ok bool) string {
 // median for etcd and Cairn and the Cairn/etcd ratio.
 func writeTable(w io.Writer, rep *Report) {
 	header := []string{"workload", "etcd QPS", "Cairn QPS", "ratio", "etcd p50 ms", "Cairn p50 ms", "ratio",
-		"etcd p99 ms", "Cairn p99 ms", "ratio", "target (Cairn/etcd)", "met"}
+		"etcd p99 ms", "Cairn p99 ms", "ratio", "etcd CPU us/op", "Cairn CPU us/op", "ratio", "target (Cairn/etcd)", "met"}
 	var rows [][]string
 	for _, r := range rep.Rows {
 		line := []string{r.Title}
-		for i := 0; i < 3; i++ {
+		for i := 0; i < 4; i++ {
 			if i >= len(r.Metrics) {
 				line = append(line, "", "", "")
 				continue
@@ -371,7 +390,10 @@ func writeTable(w io.Writer, rep *Report) {
 		}
 	}
 	if len(rep.Rows) > 0 && len(rep.Mem) > 0 {
-		notes = append(notes, "f rows: the QPS columns hold RSS MiB after loading (left) and after restart (middle), or restart seconds")
+		notes = append(notes, "f rows: the QPS columns hold RSS MiB after loading, or restart seconds; the p50 columns RSS MiB after the restart")
+	}
+	if len(rep.Rows) > 0 {
+		notes = append(notes, "CPU us/op: user+system CPU of the 3 server processes during the run, divided by the requests (the benchmark tool's own CPU is not counted)")
 	}
 	for _, n := range notes {
 		fmt.Fprintln(w, "\n"+n)
