@@ -58,8 +58,6 @@ type Config struct {
 	// RequestTimeout bounds how long a write waits to be applied before
 	// the client is told the outcome is unknown.
 	RequestTimeout time.Duration
-	// UnsafeNoFsync disables fsync (benchmarks and tests only).
-	UnsafeNoFsync bool
 	Logger        *slog.Logger
 
 	// fs, when set by an in-package test, replaces the operating system's

@@ -2,6 +2,7 @@ package wal
 
 import (
 	"errors"
+	"io/fs"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -310,6 +311,11 @@ func (w *WAL) flush() error {
 		return nil
 	}
 	if _, err := w.f.Write(w.buf); err != nil {
+		// An *os.PathError already names the file.
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			return w.fail(fmt.Errorf("wal: %w", err))
+		}
 		return w.fail(fmt.Errorf("wal: write %s: %w", w.path(w.segs[len(w.segs)-1]), err))
 	}
 	w.buf = w.buf[:0]
