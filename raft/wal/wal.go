@@ -2,8 +2,8 @@ package wal
 
 import (
 	"errors"
-	"io/fs"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"path/filepath"
 	"sort"
