@@ -58,7 +58,7 @@ type Config struct {
 	// RequestTimeout bounds how long a write waits to be applied before
 	// the client is told the outcome is unknown.
 	RequestTimeout time.Duration
-	Logger        *slog.Logger
+	Logger         *slog.Logger
 
 	// fs, when set by an in-package test, replaces the operating system's
 	// file system under the Raft directory (WAL and snapshots), so tests
