@@ -78,7 +78,8 @@ type Event struct {
 type Result struct {
 	Seed     uint64
 	Duration time.Duration
-	Steps    []Step
+	Steps    []Step // planned
+	Injected int    // faults actually injected (the run may end first)
 	Timeline []Event
 	// Counts maps "op/outcome" to the number of operations.
 	Counts map[string]int
@@ -102,7 +103,7 @@ func (r *Result) Failed() bool { return len(r.Violations) > 0 }
 // Summary is a multi-line human summary.
 func (r *Result) Summary() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "seed %d, duration %v, %d operations, %d faults\n", r.Seed, r.Duration, r.Ops, len(r.Steps))
+	fmt.Fprintf(&b, "seed %d, duration %v, %d operations, %d faults injected (%d planned)\n", r.Seed, r.Duration, r.Ops, r.Injected, len(r.Steps))
 	keys := make([]string, 0, len(r.Counts))
 	for k := range r.Counts {
 		keys = append(keys, k)
@@ -157,6 +158,7 @@ type runner struct {
 	timeline []Event
 
 	porcupineInfo *porcupine.LinearizationInfo
+	injected      atomic.Int64
 	lastHealAt    atomic.Int64 // history clock: the last fault healed
 }
 
@@ -350,6 +352,7 @@ func (r *runner) run(ctx context.Context, res *Result) error {
 		res.Violations = append(res.Violations, "history is not linearizable (see porcupine.html)")
 	}
 	r.porcupineInfo = &info
+	res.Injected = int(r.injected.Load())
 	res.Timeline = r.events()
 	return nil
 }
@@ -426,6 +429,7 @@ func (r *runner) nemesis(ctx context.Context, steps []Step) error {
 			cancel()
 			return fmt.Errorf("chaos: injecting %v: %w", s.Kind, err)
 		}
+		r.injected.Add(1)
 		if heal != nil {
 			select {
 			case <-ctx.Done():
