@@ -196,7 +196,10 @@ func TestCoordinatorRestart(t *testing.T) {
 	release := make(chan struct{})
 	var releaseOnce sync.Once
 	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
-	opts := Options{Workers: 2}
+	// No false worker deaths under load: they would re-run maps.
+	sc := FastSched
+	sc.HeartbeatTimeout = 5 * time.Second
+	opts := Options{Workers: 2, Sched: sc}
 	opts.Hook = func(i int) worker.FaultHook {
 		return func(point string, task int) worker.Fault {
 			if point == worker.PointReduceStart && task > 0 {
