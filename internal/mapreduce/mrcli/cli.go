@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -190,6 +191,12 @@ func runWorker(env Env, args []string) int {
 	faultSpec := fs.String("test-fault", "", "test only: inject faults, e.g. rate=0.2,seed=1,kinds=crash+hang")
 	if code, ok := parse(fs, args, false); !ok {
 		return code
+	}
+	if os.Getenv("GOGC") == "" {
+		// A worker's live heap is small (a task's buffers) while it
+		// allocates a string per input line: collecting less often saves
+		// about a tenth of the CPU of a word count.
+		debug.SetGCPercent(400)
 	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)

@@ -232,7 +232,7 @@ func runRun(env Env, args []string) int {
 	workers := fs.Int("workers", defaultWorkers(), "number of worker processes")
 	dataDir := fs.String("data-dir", "", "directory for coordinator state and worker intermediate files (default: temporary)")
 	verbose := fs.Bool("v", false, "log coordinator and worker events")
-	respawn := fs.Int("respawn", -1, "restart crashed worker processes up to this many times in all (default: 2 x workers)")
+	respawn := fs.Int("respawn", -1, "restart crashed worker processes up to this many times in all (-1: 2 x workers)")
 	var workerArgs listFlag
 	fs.Var(&workerArgs, "worker-arg", "extra flag passed to every worker process (repeatable)")
 	var sc sched.Config
