@@ -9,6 +9,7 @@
 # --reps    repetitions of workloads a-e (default 3); systems alternate
 # --f-reps  repetitions of workload f (load 1M keys, RSS, restart; default 1)
 # --out     results directory (default bench/.cache/results/<timestamp>)
+# --f-keys  keys loaded by workload f (default 1000000; --quick: 10000)
 # --only    comma-separated workload ids to run (a b c d e e2 f)
 # --pprof   CPU-profile every member for SECS seconds from the start of each
 #           first-repetition run (etcd --enable-pprof; Cairn built as
@@ -30,6 +31,7 @@ FREPS=1
 OUT=""
 ONLY="a,b,c,d,e,e2,f"
 PPROF=0
+FKEYS=""
 ARGV="$*"
 
 while (($#)); do
@@ -40,6 +42,7 @@ while (($#)); do
 	--out) OUT=$2; shift ;;
 	--only) ONLY=$2; shift ;;
 	--pprof) PPROF=$2; shift ;;
+	--f-keys) FKEYS=$2; shift ;;
 	-h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) echo "compare.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
 	esac
@@ -61,6 +64,7 @@ if ((QUICK)); then
 else
 	N_A=10000 N_B=100000 N_READ=100000 N_TXN=50000 N_STM=20000 N_F=1000000 RUN_TIMEOUT=900 RESTARTS=3
 fi
+N_F=${FKEYS:-$N_F}
 VAL=256
 
 # ---------------------------------------------------------------- install
@@ -296,6 +300,14 @@ run_f() { # system rep
 		--key-space-size "$N_F" --key-size 8 --val-size "$VAL" || return 1
 	sleep 5
 	rss=$(rss_mib "$sys")
+	if ((PPROF > 0)); then
+		local i url
+		for i in 0 1 2; do
+			if [[ $sys == etcd ]]; then url="http://127.0.0.1:${ETCD_CP[i]}"; else url="http://127.0.0.1:$((CAIRN_CP[i] + 2))"; fi
+			mkdir -p "$OUT/prof"
+			curl -sf -o "$OUT/prof/f.$sys.m$i.heap" "$url/debug/pprof/heap" || log "heap profile of $sys m$i failed"
+		done
+	fi
 	disk=$(du -sm "$DATA/$sys" | cut -f1)
 	# Restart the whole cluster RESTARTS times: one restart is mostly an
 	# election timeout plus noise; the table shows the median.
