@@ -349,6 +349,39 @@ func (c *Coordinator) Submit(spec job.Spec) (string, error) {
 	return id, nil
 }
 
+// Unfinished returns the ID of a queued or running job with the same
+// specification as spec, if there is one: a restarted `run` resumes it
+// instead of submitting the job again.
+func (c *Coordinator) Unfinished(spec job.Spec) (string, bool) {
+	if abs, err := filepath.Abs(spec.Output); err == nil {
+		spec.Output = abs
+	}
+	want, _ := json.Marshal(normalize(spec))
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, j := range c.s.Jobs() {
+		if j.Status != sched.JobQueued && j.Status != sched.JobRunning {
+			continue
+		}
+		got, _ := json.Marshal(normalize(j.Spec))
+		if string(got) == string(want) {
+			return j.ID, true
+		}
+	}
+	return "", false
+}
+
+func normalize(s job.Spec) job.Spec {
+	if len(s.Args) == 0 {
+		s.Args = nil
+	}
+	if s.SplitSize == 0 {
+		s.SplitSize = job.DefaultSplitSize
+	}
+	s.Overwrite = false
+	return s
+}
+
 // Status returns the coordinator's state for the status page.
 func (c *Coordinator) Status() wire.Status {
 	c.mu.Lock()

@@ -148,8 +148,8 @@ func (c *Coordinator) handleFetchFailed(w http.ResponseWriter, r *http.Request) 
 		return
 	}
 	c.mu.Lock()
-	c.cfg.Logf("worker %s: attempt %d cannot fetch map %d: %s", req.ID, req.Attempt, req.MapTask, req.Error)
-	c.s.ReportFetchFailed(req.ID, req.Attempt, req.MapTask, req.MapAttempt, c.cfg.Clock.Now())
+	c.cfg.Logf("worker %s: attempt %d cannot fetch %d map output(s): %s", req.ID, req.Attempt, len(req.Lost), req.Error)
+	c.s.ReportFetchFailed(req.ID, req.Attempt, req.Lost, c.cfg.Clock.Now())
 	c.afterLocked()
 	c.mu.Unlock()
 	wire.WriteJSON(w, http.StatusOK, struct{}{})

@@ -81,8 +81,10 @@ func RunLocal(ctx context.Context, l Local) (wire.JobStatus, error) {
 	}
 	go c.Serve(ln)
 	defer c.Close()
-	id, err := c.Submit(l.Spec)
-	if err != nil {
+	id, resumed := c.Unfinished(l.Spec)
+	if resumed {
+		fmt.Fprintf(l.Env.Stderr, "%s run: resuming %s from %s\n", l.Env.Prog, id, dir)
+	} else if id, err = c.Submit(l.Spec); err != nil {
 		return wire.JobStatus{}, err
 	}
 	argv := l.Env.WorkerArgv

@@ -230,3 +230,62 @@ func TestCoordinatorProcessKilled(t *testing.T) {
 		t.Errorf("status --json: %v\n%s", err, stdout)
 	}
 }
+
+// readState reads a coordinator's persisted state.
+func readState(t *testing.T, dir string) sched.State {
+	t.Helper()
+	var st sched.State
+	data, err := os.ReadFile(filepath.Join(dir, "state.json"))
+	if err == nil {
+		err = json.Unmarshal(data, &st)
+	}
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// `run` killed with SIGKILL mid-job (its worker processes die with it)
+// and started again with the same --data-dir resumes the job: reduce tasks
+// committed before the kill are not run again. (Committed map tasks are:
+// their output died with the worker processes' shuffle servers, §3.3.)
+func TestRunResumesAfterKill(t *testing.T) {
+	files, glob := corpus(t)
+	data := t.TempDir()
+	out := filepath.Join(t.TempDir(), "out")
+	args := []string{"run", "--data-dir", data, "--input", glob, "--output", out, "--workers", "2", "--reduce", "5", "--split-size", "8192",
+		"--mapper", `awk '{ for (i = 1; i <= NF; i++) print $i "\t1" }'`,
+		"--reducer", `sleep 0.5; awk -F'\t' '{ c[$1] += $2 } END { for (k in c) print k "\t" c[k] }'`}
+	first := process(t, args...)
+	before := map[int]bool{}
+	deadline := time.Now().Add(30 * time.Second)
+	for len(before) < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("first run made no progress")
+		}
+		time.Sleep(10 * time.Millisecond)
+		for _, j := range readState(t, filepath.Join(data, "coordinator")).Jobs {
+			for _, r := range j.Reduces {
+				if r.State == sched.TaskDone {
+					before[r.Index] = true
+				}
+			}
+		}
+	}
+	first.Process.Kill()
+	first.Wait()
+	stdout, stderr, code := cli(t, args...)
+	if code != 0 || !strings.Contains(stderr, "resuming job-0001") {
+		t.Fatalf("second run: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	SameLines(t, "resumed run", ReadOutput(t, out, 5), RefBlankWordCount(t, files), false)
+	st := readState(t, filepath.Join(data, "coordinator"))
+	if len(st.Jobs) != 1 {
+		t.Fatalf("%d jobs in the state, want 1", len(st.Jobs))
+	}
+	for _, r := range st.Jobs[0].Reduces {
+		if before[r.Index] && r.Executions != 1 {
+			t.Errorf("reduce %d committed before the kill ran %d times", r.Index, r.Executions)
+		}
+	}
+}

@@ -537,11 +537,17 @@ func (s *Scheduler) ReportFailed(worker string, attempt uint64, msg string, now 
 	}
 }
 
+// MapOutput names one committed map attempt's output.
+type MapOutput struct {
+	Task    int    `json:"task"`
+	Attempt uint64 `json:"attempt"`
+}
+
 // ReportFetchFailed records that a reduce attempt could not fetch the
-// output of map task mapTask's committed attempt mapAttempt. That map task
-// is re-executed (its output is lost, §3.3) and the reduce attempt ends
-// without counting as a failure.
-func (s *Scheduler) ReportFetchFailed(worker string, attempt uint64, mapTask int, mapAttempt uint64, now time.Time) {
+// outputs of the given map attempts. Those map tasks, if those attempts
+// are still the committed ones, are re-executed (their output is lost,
+// §3.3), and the reduce attempt ends without counting as a failure.
+func (s *Scheduler) ReportFetchFailed(worker string, attempt uint64, lost []MapOutput, now time.Time) {
 	s.seen(worker, now)
 	r, ok := s.attempts[attempt]
 	if !ok || r.task.running(attempt).Worker != worker {
@@ -549,10 +555,12 @@ func (s *Scheduler) ReportFetchFailed(worker string, attempt uint64, mapTask int
 	}
 	j := r.job
 	s.removeAttempt(attempt)
-	if mapTask >= 0 && mapTask < len(j.Maps) {
-		m := j.Maps[mapTask]
-		if m.State == TaskDone && m.Done.Attempt == mapAttempt {
-			s.resetDone(m)
+	for _, l := range lost {
+		if l.Task >= 0 && l.Task < len(j.Maps) {
+			m := j.Maps[l.Task]
+			if m.State == TaskDone && m.Done.Attempt == l.Attempt {
+				s.resetDone(m)
+			}
 		}
 	}
 }

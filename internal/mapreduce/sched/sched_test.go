@@ -193,13 +193,13 @@ func TestFetchFailureReexecutesMap(t *testing.T) {
 	r := s.RequestTask("w1", at(sec))
 	// A stale report (wrong map attempt) changes nothing but ends the
 	// reduce attempt.
-	s.ReportFetchFailed("w1", r.Attempt, 1, 12345, at(2*sec))
+	s.ReportFetchFailed("w1", r.Attempt, []MapOutput{{1, 12345}}, at(2*sec))
 	j, _ := s.Job(id)
 	if j.Maps[1].State != TaskDone || j.Reduces[0].State != TaskIdle || j.Reduces[0].Failures != 0 {
 		t.Fatal("stale fetch failure handled wrongly")
 	}
 	r = s.RequestTask("w1", at(2*sec))
-	s.ReportFetchFailed("w1", r.Attempt, 1, b.Attempt, at(2*sec))
+	s.ReportFetchFailed("w1", r.Attempt, []MapOutput{{1, b.Attempt}}, at(2*sec))
 	if j.Maps[1].State != TaskIdle || j.Reduces[0].Failures != 0 {
 		t.Fatal("map output loss not handled")
 	}

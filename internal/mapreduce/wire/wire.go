@@ -71,14 +71,14 @@ type FailedReq struct {
 	Error   string `json:"error"`
 }
 
-// FetchFailedReq reports that a reduce attempt could not fetch a map
-// task's output.
+// FetchFailedReq reports that a reduce attempt could not fetch some map
+// tasks' outputs (all of them in one report, so that a lost worker costs
+// one round of re-execution, not one per map task).
 type FetchFailedReq struct {
-	ID         string `json:"id"`
-	Attempt    uint64 `json:"attempt"`
-	MapTask    int    `json:"mapTask"`
-	MapAttempt uint64 `json:"mapAttempt"`
-	Error      string `json:"error"`
+	ID      string            `json:"id"`
+	Attempt uint64            `json:"attempt"`
+	Lost    []sched.MapOutput `json:"lost"`
+	Error   string            `json:"error"`
 }
 
 // SubmitReply names the submitted job.

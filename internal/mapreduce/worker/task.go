@@ -328,18 +328,32 @@ func (t *task) fetchAll(dir string) ([]string, error) {
 	if err := t.checkCancel(); err != nil {
 		return nil, err
 	}
+	var fe *fetchError
 	for i, err := range errs {
 		t.counters[job.ShuffleBytes] += sizes[i]
 		if err != nil {
-			return nil, &fetchError{loc: t.a.Inputs[i], err: err}
+			loc := t.a.Inputs[i]
+			if fe == nil {
+				fe = &fetchError{err: fmt.Errorf("map %d from %s: %w", loc.Task, loc.Addr, err)}
+			}
+			fe.lost = append(fe.lost, sched.MapOutput{Task: loc.Task, Attempt: loc.Attempt})
 		}
+	}
+	if fe != nil {
+		return nil, fe
 	}
 	return names, nil
 }
 
 func (t *task) fetch(loc sched.Location, name string) (int64, error) {
 	url := wire.BaseURL(loc.Addr) + wire.ShufflePath(t.a.Job, loc.Task, loc.Attempt, t.a.Task)
-	req, err := http.NewRequestWithContext(t.ctx, http.MethodGet, url, nil)
+	// A peer that stops sending mid-body (a stopped machine keeps its
+	// connections open) must not stall the reducer forever.
+	ctx, cancel := context.WithCancel(t.ctx)
+	defer cancel()
+	idle := time.AfterFunc(fetchIdleTimeout, cancel)
+	defer idle.Stop()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return 0, err
 	}
@@ -355,7 +369,7 @@ func (t *task) fetch(loc sched.Location, name string) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	n, err := io.Copy(f, resp.Body)
+	n, err := io.Copy(f, &idleReader{r: resp.Body, timer: idle})
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -366,4 +380,21 @@ func (t *task) fetch(loc sched.Location, name string) (int64, error) {
 		return 0, fmt.Errorf("short read: %d of %d bytes", n, resp.ContentLength)
 	}
 	return n, nil
+}
+
+// fetchIdleTimeout bounds how long a shuffle fetch may receive nothing.
+const fetchIdleTimeout = 30 * time.Second
+
+// idleReader pushes back an idle timer whenever data arrives.
+type idleReader struct {
+	r     io.Reader
+	timer *time.Timer
+}
+
+func (r *idleReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if n > 0 {
+		r.timer.Reset(fetchIdleTimeout)
+	}
+	return n, err
 }

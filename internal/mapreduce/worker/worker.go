@@ -318,14 +318,14 @@ func (w *Worker) heartbeats(ctx context.Context) {
 // errCancelled means the coordinator cancelled the attempt.
 var errCancelled = errors.New("attempt cancelled")
 
-// fetchError is a reduce attempt's failure to fetch one map output.
+// fetchError is a reduce attempt's failure to fetch map outputs.
 type fetchError struct {
-	loc sched.Location
-	err error
+	lost []sched.MapOutput
+	err  error // the first failure
 }
 
 func (e *fetchError) Error() string {
-	return fmt.Sprintf("fetch map %d output from %s: %v", e.loc.Task, e.loc.Addr, e.err)
+	return fmt.Sprintf("cannot fetch %d map output(s); first: %v", len(e.lost), e.err)
 }
 
 func (w *Worker) runAttempt(ctx context.Context, a sched.Assignment) error {
@@ -350,7 +350,7 @@ func (w *Worker) runAttempt(ctx context.Context, a sched.Assignment) error {
 	case errors.Is(err, errCancelled) || actx.Err() != nil:
 		w.cfg.Logf("worker %s: %s task %d attempt %d cancelled", w.cfg.ID, a.Kind, a.Task, a.Attempt)
 	case errors.As(err, &fe):
-		w.report(ctx, wire.PathFetchFailed, wire.FetchFailedReq{ID: w.cfg.ID, Attempt: a.Attempt, MapTask: fe.loc.Task, MapAttempt: fe.loc.Attempt, Error: fe.Error()})
+		w.report(ctx, wire.PathFetchFailed, wire.FetchFailedReq{ID: w.cfg.ID, Attempt: a.Attempt, Lost: fe.lost, Error: fe.Error()})
 	case err != nil:
 		msg := err.Error()
 		w.cfg.Logf("worker %s: %s task %d failed: %s", w.cfg.ID, a.Kind, a.Task, msg)
