@@ -322,6 +322,10 @@ func TestSubmitOnFollowerIsForwarded(t *testing.T) {
 		if id == ld.ID() {
 			continue
 		}
+		// A follower forwards only once it knows the leader.
+		if _, err := nd.WaitLeader(ctx); err != nil {
+			t.Fatal(err)
+		}
 		if err := nd.Submit(ctx, []byte("fwd=yes")); err != nil {
 			t.Fatalf("submit on follower %d: %v", id, err)
 		}
