@@ -31,6 +31,7 @@ FREPS=1
 OUT=""
 ONLY="a,b,c,d,e,e2,f"
 PPROF=0
+FAILED=0
 FKEYS=""
 ARGV="$*"
 
@@ -364,7 +365,7 @@ main() {
 				IFS=$'\t' read -r id title args <<<"$line"
 				for sys in $order; do
 					# shellcheck disable=SC2086
-					run_bench "$id" "$sys" "$rep" $args || true
+					run_bench "$id" "$sys" "$rep" $args || FAILED=$((FAILED + 1))
 				done
 			done
 		done
@@ -382,6 +383,7 @@ main() {
 	log "load average before: $(sed -n 's/^load_before=//p' "$OUT/env.txt"), after: $(load_avg) (other processes on this machine add noise)"
 	"$BENCHCMP" report -dir "$OUT" || die "report failed"
 	log "wrote $OUT/{table.md,results.csv,results.json,plot.png}; raw outputs in $OUT/raw"
+	((FAILED == 0)) || die "$FAILED benchmark runs failed (left out of the table); see $OUT/raw/*.err"
 }
 
 main
