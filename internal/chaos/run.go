@@ -87,6 +87,9 @@ type Result struct {
 	// Linearizable is porcupine's verdict on the history.
 	Linearizable porcupine.CheckResult
 	Lists        ListReport
+	// Bank is the transfer workload's report: every atomic read of all
+	// accounts must show the same total.
+	Bank BankReport
 	// Recovery is how long the cluster took to serve again after the
 	// last heal.
 	Recovery time.Duration
@@ -114,6 +117,7 @@ func (r *Result) Summary() string {
 	}
 	fmt.Fprintf(&b, "linearizable: %s\n", verdict(r.Linearizable))
 	fmt.Fprintf(&b, "lists: %s\n", r.Lists)
+	fmt.Fprintf(&b, "bank: %s\n", r.Bank)
 	fmt.Fprintf(&b, "recovery after last heal: %v\n", r.Recovery.Round(time.Millisecond))
 	if len(r.Violations) == 0 {
 		b.WriteString("no violations\n")
@@ -243,6 +247,33 @@ func (r *runner) run(ctx context.Context, res *Result) error {
 
 	var ops atomic.Int64
 	var wg sync.WaitGroup
+	// The bank workload runs beside the register and list clients.
+	bank := &Bank{Prefix: "chaos/bank/", Accounts: 5, Initial: 100}
+	bankClient, err := client.New(client.Config{Endpoints: r.c.ProxyEndpoints(), AttemptTimeout: time.Second, DialTimeout: time.Second})
+	if err != nil {
+		return err
+	}
+	defer bankClient.Close()
+	sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
+	err = bank.Setup(sctx, bankClient)
+	scancel()
+	if err != nil {
+		return err
+	}
+	brng := rand.New(rand.NewPCG(rng.Uint64(), 99))
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for wctx.Err() == nil {
+			opCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if brng.IntN(3) == 0 {
+				_, _ = bank.Check(opCtx, bankClient)
+			} else {
+				_ = bank.Transfer(opCtx, bankClient, brng)
+			}
+			cancel()
+		}
+	}()
 	for id := range cfg.Clients {
 		crng := rand.New(rand.NewPCG(rng.Uint64(), uint64(id)))
 		cl, err := client.New(client.Config{Endpoints: r.c.ProxyEndpoints(), AttemptTimeout: time.Second, DialTimeout: time.Second})
@@ -320,6 +351,16 @@ func (r *runner) run(ctx context.Context, res *Result) error {
 		}
 		final[k] = out.Value
 	}
+	fctx, fcancel := context.WithTimeout(ctx, 30*time.Second)
+	if _, err := bank.Check(fctx, fc); err != nil {
+		res.Violations = append(res.Violations, fmt.Sprintf("final bank read failed: %v", err))
+	}
+	fcancel()
+	res.Bank = bank.Report()
+	if !res.Bank.OK() {
+		res.Violations = append(res.Violations, "bank: "+res.Bank.String())
+	}
+	r.event("bank: %s", res.Bank)
 	listFinal := map[string]string{}
 	for _, l := range listKeys {
 		if v, ok := final[l]; ok {
