@@ -574,7 +574,7 @@ func runStatus(env Env, args []string) int {
 	}
 	fmt.Fprintf(env.Stdout, "coordinator %s: %d worker(s) alive of %d known; status page http://%s/\n", *coordAddr, alive, len(st.Workers), strings.TrimPrefix(wire.BaseURL(*coordAddr), "http://"))
 	for _, j := range st.Jobs {
-		fmt.Fprintf(env.Stdout, "%s  %-10s %-9s %s  %s\n", j.ID, j.App, j.Status, progressLine(j), j.Output)
+		fmt.Fprintf(env.Stdout, "%s  %-10s %s  %s\n", j.ID, j.App, progressLine(j), j.Output)
 	}
 	return 0
 }
