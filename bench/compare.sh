@@ -339,7 +339,7 @@ main() {
 		echo "git=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 		echo "nproc=$(nproc)"
 		echo "cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)"
-		echo "mem=$(free -g | awk '/^Mem:/ {print $2 " GiB"}')"
+		echo "mem=$(awk '/^MemTotal:/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
 		echo "go=$(go version | cut -d' ' -f3-)"
 		echo "etcd=$(etcd --version 2>/dev/null | tr '\n' ' ')"
 		echo "benchmark=go.etcd.io/etcd/v3@$ETCD_MODULE_VERSION tools/benchmark"
