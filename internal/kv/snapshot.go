@@ -37,6 +37,15 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // the snapshot streams. Two stores that applied the same entries write the
 // same bytes.
 func (s *Store) Snapshot(w io.Writer) error {
+	return s.CaptureSnapshot()(w)
+}
+
+// CaptureSnapshot takes a point-in-time image of the store (a
+// copy-on-write clone of the tree, which costs little and holds the lock
+// only briefly) and returns a function that writes it, in the format of
+// Snapshot. The function may run on another goroutine while Apply goes on:
+// it writes the state as of the capture.
+func (s *Store) CaptureSnapshot() func(w io.Writer) error {
 	s.mu.Lock()
 	tree := s.tree.Clone()
 	rev, applied, clock := s.rev, s.applied, s.clock
@@ -45,6 +54,10 @@ func (s *Store) Snapshot(w io.Writer) error {
 		sessions = append(sessions, session{id: sess.id, seq: sess.seq, lastTime: sess.lastTime, result: sess.result})
 	}
 	s.mu.Unlock()
+	return func(w io.Writer) error { return writeSnapshot(w, tree, rev, applied, clock, sessions) }
+}
+
+func writeSnapshot(w io.Writer, tree *btree.BTreeG[kvItem], rev int64, applied uint64, clock int64, sessions []session) error {
 	sort.Slice(sessions, func(i, j int) bool { return sessions[i].id < sessions[j].id })
 
 	crc := crc32.New(castagnoli)

@@ -236,6 +236,18 @@ const smSnapshotMagic = "CAIRNSM1"
 // Snapshot implements raftnode.StateMachine: the member table, then the
 // key/value store's own (checksummed) snapshot.
 func (sm *stateMachine) Snapshot(w io.Writer) error {
+	write, err := sm.CaptureSnapshot()
+	if err != nil {
+		return err
+	}
+	return write(w)
+}
+
+// CaptureSnapshot implements raftnode.SnapshotCapturer: it copies the
+// member table and takes the store's copy-on-write image now, and returns
+// the function that streams them, which the node runs off its Raft
+// goroutine.
+func (sm *stateMachine) CaptureSnapshot() (func(io.Writer) error, error) {
 	sm.mu.Lock()
 	var members []MemberInfo
 	for _, m := range sm.members {
@@ -253,17 +265,20 @@ func (sm *stateMachine) Snapshot(w io.Writer) error {
 	})
 	mb, err := json.Marshal(members)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	bw := bufio.NewWriter(w)
-	bw.WriteString(smSnapshotMagic)
-	var lenb [binary.MaxVarintLen64]byte
-	bw.Write(lenb[:binary.PutUvarint(lenb[:], uint64(len(mb)))])
-	bw.Write(mb)
-	if err := sm.store.Snapshot(bw); err != nil {
-		return err
-	}
-	return bw.Flush()
+	writeStore := sm.store.CaptureSnapshot()
+	return func(w io.Writer) error {
+		bw := bufio.NewWriter(w)
+		bw.WriteString(smSnapshotMagic)
+		var lenb [binary.MaxVarintLen64]byte
+		bw.Write(lenb[:binary.PutUvarint(lenb[:], uint64(len(mb)))])
+		bw.Write(mb)
+		if err := writeStore(bw); err != nil {
+			return err
+		}
+		return bw.Flush()
+	}, nil
 }
 
 // Restore implements raftnode.StateMachine.

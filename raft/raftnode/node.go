@@ -28,6 +28,15 @@ type StateMachine interface {
 	Restore(r io.Reader) error
 }
 
+// SnapshotCapturer is an optional StateMachine capability: capture a
+// point-in-time image cheaply (on the Raft goroutine) and return the
+// function that writes it, which the node then runs on a goroutine of its
+// own while applying goes on. Without it, Snapshot runs on the Raft
+// goroutine and the node neither replicates nor applies while it writes.
+type SnapshotCapturer interface {
+	CaptureSnapshot() (write func(io.Writer) error, err error)
+}
+
 var (
 	// ErrStopped is returned once the node has stopped.
 	ErrStopped = errors.New("raftnode: node stopped")
@@ -110,6 +119,11 @@ type Node struct {
 	readSeq   uint64
 	snapIndex uint64
 	applied   uint64
+	// snapping is set while a background snapshot is being written;
+	// snapDone receives its outcome.
+	snapping bool
+	snapDone chan error
+	snapWG   sync.WaitGroup
 
 	lead    atomic.Uint64
 	term    atomic.Uint64
@@ -226,6 +240,7 @@ func Start(cfg Config, storage Storage, transport Transport, sm StateMachine, bo
 		snapIndex: snap.Meta.Index,
 		applied:   snap.Meta.Index,
 		leaderc:   make(chan struct{}),
+		snapDone:  make(chan error, 1),
 	}
 	n.term.Store(hs.Term)
 	go n.run()
@@ -458,6 +473,7 @@ func (n *Node) fatal(err error) {
 
 func (n *Node) run() {
 	defer close(n.donec)
+	defer n.snapWG.Wait() // storage may be closed once run returns
 	tickc, stopTicker := n.cfg.Clock.NewTicker(n.cfg.TickInterval)
 	defer stopTicker()
 	defer n.failAll()
@@ -480,6 +496,12 @@ func (n *Node) run() {
 			ch <- n.rn.Status()
 		case to := <-n.xferc:
 			_ = n.rn.TransferLeadership(to)
+		case err := <-n.snapDone:
+			n.snapping = false
+			if err != nil && !errors.Is(err, raft.ErrSnapOutOfDate) {
+				n.fatal(fmt.Errorf("raftnode: snapshot: %w", err))
+				return
+			}
 		case <-n.stopc:
 			return
 		}
@@ -739,10 +761,29 @@ func (n *Node) completeReads() {
 }
 
 func (n *Node) maybeSnapshot() error {
-	if n.cfg.SnapshotEntries < 0 || n.applied < n.snapIndex+uint64(n.cfg.SnapshotEntries) {
+	if n.cfg.SnapshotEntries < 0 || n.applied < n.snapIndex+uint64(n.cfg.SnapshotEntries) || n.snapping {
 		return nil
 	}
 	idx := n.applied
+	if capt, ok := n.sm.(SnapshotCapturer); ok {
+		write, err := capt.CaptureSnapshot()
+		if err != nil {
+			return fmt.Errorf("raftnode: capturing snapshot at %d: %w", idx, err)
+		}
+		cs := n.rn.ConfState()
+		n.snapping = true
+		n.snapIndex = idx
+		n.snapWG.Add(1)
+		go func() {
+			defer n.snapWG.Done()
+			err := n.storage.CreateSnapshot(idx, cs, n.cfg.KeepEntries, write)
+			if err == nil {
+				n.logger.Info("raftnode: snapshot taken", "index", idx)
+			}
+			n.snapDone <- err
+		}()
+		return nil
+	}
 	err := n.storage.CreateSnapshot(idx, n.rn.ConfState(), n.cfg.KeepEntries, n.sm.Snapshot)
 	if err != nil {
 		return fmt.Errorf("raftnode: snapshot at %d: %w", idx, err)

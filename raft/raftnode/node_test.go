@@ -42,6 +42,17 @@ func (s *kvSM) Snapshot(w io.Writer) error {
 	return json.NewEncoder(w).Encode(s.kv)
 }
 
+// CaptureSnapshot makes the node write snapshots off its Raft goroutine.
+func (s *kvSM) CaptureSnapshot() (func(io.Writer) error, error) {
+	s.mu.Lock()
+	kv := make(map[string]string, len(s.kv))
+	for k, v := range s.kv {
+		kv[k] = v
+	}
+	s.mu.Unlock()
+	return func(w io.Writer) error { return json.NewEncoder(w).Encode(kv) }, nil
+}
+
 func (s *kvSM) Restore(r io.Reader) error {
 	kv := map[string]string{}
 	if err := json.NewDecoder(r).Decode(&kv); err != nil {
