@@ -145,13 +145,20 @@ func TestStragglerBackup(t *testing.T) {
 	base.Run(spec, 60*time.Second)
 	without := time.Since(t0)
 
-	opts := Options{Workers: 3}
+	// The straggler (worker 0) starts alone, so it is sure to hold a task;
+	// the two healthy workers join once it is stuck in one.
+	entered := make(chan struct{}, 1)
+	opts := Options{Workers: 1}
 	opts.Hook = func(i int) worker.FaultHook {
 		if i != 0 {
 			return nil
 		}
 		return func(point string, task int) worker.Fault {
 			if point == worker.PointMapMid || point == worker.PointReduceMid {
+				select {
+				case entered <- struct{}{}:
+				default:
+				}
 				select {
 				case <-time.After(30 * time.Second):
 				case <-stop:
@@ -168,6 +175,13 @@ func TestStragglerBackup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	select {
+	case <-entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the straggler never started a task")
+	}
+	c.AddWorker()
+	c.AddWorker()
 	st := c.Wait(id, 25*time.Second)
 	with := time.Since(t1)
 	if st.Status != sched.JobSucceeded {
