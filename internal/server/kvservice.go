@@ -39,15 +39,15 @@ func (k *kvService) Range(ctx context.Context, req *pb.RangeRequest) (*pb.RangeR
 		return nil, err
 	}
 	if !req.Serializable {
-		if err := k.s.linearizableRead(ctx); err != nil {
+		if err := k.s.main.linearizableRead(ctx); err != nil {
 			return nil, err
 		}
 	}
-	resp, err := k.s.sm.store.Range(req)
+	resp, err := k.s.main.kv().Range(req)
 	if err != nil {
 		return nil, err
 	}
-	k.s.fillHeader(&resp.Header)
+	k.s.main.fillHeader(&resp.Header)
 	return resp, nil
 }
 
@@ -58,11 +58,11 @@ func (k *kvService) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutRespons
 	if err := kv.ValidatePut(req); err != nil {
 		return nil, err
 	}
-	res, err := k.s.write(ctx, &kv.Command{Put: req})
+	res, err := k.s.main.write(ctx, &kv.Command{Put: req})
 	if err != nil {
 		return nil, err
 	}
-	k.s.fillHeader(&res.Put.Header)
+	k.s.main.fillHeader(&res.Put.Header)
 	return res.Put, nil
 }
 
@@ -73,11 +73,11 @@ func (k *kvService) DeleteRange(ctx context.Context, req *pb.DeleteRangeRequest)
 	if err := kv.ValidateDeleteRange(req); err != nil {
 		return nil, err
 	}
-	res, err := k.s.write(ctx, &kv.Command{DeleteRange: req})
+	res, err := k.s.main.write(ctx, &kv.Command{DeleteRange: req})
 	if err != nil {
 		return nil, err
 	}
-	k.s.fillHeader(&res.DeleteRange.Header)
+	k.s.main.fillHeader(&res.DeleteRange.Header)
 	return res.DeleteRange, nil
 }
 
@@ -88,11 +88,11 @@ func (k *kvService) Txn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnRespons
 	if err := kv.ValidateTxn(req); err != nil {
 		return nil, err
 	}
-	res, err := k.s.write(ctx, &kv.Command{Txn: req})
+	res, err := k.s.main.write(ctx, &kv.Command{Txn: req})
 	if err != nil {
 		return nil, err
 	}
-	k.s.fillHeader(&res.Txn.Header)
+	k.s.main.fillHeader(&res.Txn.Header)
 	return res.Txn, nil
 }
 
@@ -130,17 +130,18 @@ func session(ctx context.Context) (clientID, seq uint64, err error) {
 }
 
 // write replicates a command and waits for this member to apply it.
-func (s *Server) write(ctx context.Context, cmd *kv.Command) (*kv.Result, error) {
+func (g *group) write(ctx context.Context, cmd *kv.Command) (*kv.Result, error) {
 	clientID, seq, err := session(ctx)
 	if err != nil {
 		return nil, err
 	}
 	cmd.ClientID, cmd.Seq = clientID, seq
 	cmd.Time = time.Now().UnixNano()
-	res, err := s.propose(ctx, kindKV, cmd.Marshal())
+	out, err := g.propose(ctx, kindKV, cmd.Marshal())
 	if err != nil {
 		return nil, err
 	}
+	res := out.(*kv.Result)
 	if res.Err != nil {
 		switch {
 		case errors.Is(res.Err, kv.ErrStaleSequence):
@@ -159,16 +160,16 @@ func (s *Server) write(ctx context.Context, cmd *kv.Command) (*kv.Result, error)
 // propose submits an entry and waits until this member applies it. It
 // maps failures to the errors etcd's clients understand: Unavailable
 // errors (no leader, timeout, stopping) are retried by them.
-func (s *Server) propose(ctx context.Context, kind byte, payload []byte) (*kv.Result, error) {
-	id := s.reqIDs.Add(1)
-	ch := s.sm.register(id)
-	defer s.sm.unregister(id)
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+func (g *group) propose(ctx context.Context, kind byte, payload []byte) (any, error) {
+	id := g.reqIDs.Add(1)
+	ch := g.sm.register(id)
+	defer g.sm.unregister(id)
+	ctx, cancel := context.WithTimeout(ctx, g.s.cfg.RequestTimeout)
 	defer cancel()
-	s.metrics.proposals.Inc()
-	data := envelope{kind: kind, origin: s.id, reqID: id, payload: payload}.marshal()
+	g.s.metrics.proposals.Inc()
+	data := envelope{kind: kind, origin: g.id, reqID: id, payload: payload}.marshal()
 	for {
-		err := s.node.Submit(ctx, data)
+		err := g.node.Submit(ctx, data)
 		if err == nil {
 			break
 		}
@@ -179,7 +180,7 @@ func (s *Server) propose(ctx context.Context, kind byte, payload []byte) (*kv.Re
 		// write on "no leader" themselves.
 		var nle *raft.NotLeaderError
 		if errors.As(err, &nle) {
-			if _, werr := s.node.WaitLeader(ctx); werr == nil {
+			if _, werr := g.node.WaitLeader(ctx); werr == nil {
 				select {
 				case <-time.After(5 * time.Millisecond):
 					continue
@@ -187,38 +188,38 @@ func (s *Server) propose(ctx context.Context, kind byte, payload []byte) (*kv.Re
 				}
 			}
 		}
-		s.metrics.proposalsFailed.Inc()
-		return nil, s.mapError(ctx, err)
+		g.s.metrics.proposalsFailed.Inc()
+		return nil, g.mapError(ctx, err)
 	}
 	select {
 	case res := <-ch:
 		return res, nil
 	case <-ctx.Done():
-		s.metrics.proposalsFailed.Inc()
-		return nil, s.mapError(ctx, ctx.Err())
-	case <-s.node.Done():
-		return nil, s.errStopped()
+		g.s.metrics.proposalsFailed.Inc()
+		return nil, g.mapError(ctx, ctx.Err())
+	case <-g.node.Done():
+		return nil, g.errStopped()
 	}
 }
 
 // errStopped is etcd's "server stopped", with the cause when a fatal
 // error (a failed disk, a full one) stopped this member, so the client
 // learns why instead of a bare "stopped".
-func (s *Server) errStopped() error {
-	if err := s.node.Err(); err != nil {
+func (g *group) errStopped() error {
+	if err := g.node.Err(); err != nil {
 		return status.Errorf(codes.Unavailable, "%s: this member stopped after a fatal error, so the request may or may not have been applied: %v",
 			rpctypes.ErrStopped.Error(), err)
 	}
 	return rpctypes.ErrGRPCStopped
 }
 
-func (s *Server) mapError(ctx context.Context, err error) error {
+func (g *group) mapError(ctx context.Context, err error) error {
 	var nle *raft.NotLeaderError
 	switch {
 	case errors.As(err, &nle):
 		return rpctypes.ErrGRPCNoLeader
 	case errors.Is(err, raftnode.ErrStopped):
-		return s.errStopped()
+		return g.errStopped()
 	case errors.Is(err, raftnode.ErrLeaderChanged):
 		return rpctypes.ErrGRPCLeaderChanged
 	case errors.Is(ctx.Err(), context.Canceled):
@@ -232,34 +233,54 @@ func (s *Server) mapError(ctx context.Context, err error) error {
 
 // linearizableRead waits until the local replica reflects every write
 // committed before the call (ReadIndex, thesis §6.4).
-func (s *Server) linearizableRead(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+func (g *group) linearizableRead(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, g.s.cfg.RequestTimeout)
 	defer cancel()
 	for {
-		_, err := s.node.ReadIndex(ctx)
+		_, err := g.node.ReadIndex(ctx)
 		if err == nil {
 			return nil
 		}
 		var nle *raft.NotLeaderError
 		if errors.Is(err, raftnode.ErrLeaderChanged) || errors.As(err, &nle) {
 			// Wait for a (new) leader, then retry: reads are idempotent.
-			if _, werr := s.node.WaitLeader(ctx); werr == nil {
+			if _, werr := g.node.WaitLeader(ctx); werr == nil {
 				continue
 			}
 		}
-		return s.mapError(ctx, err)
+		return g.mapError(ctx, err)
 	}
 }
 
 // fillHeader sets the header fields etcd's clients read.
-func (s *Server) fillHeader(h **pb.ResponseHeader) {
+func (g *group) fillHeader(h **pb.ResponseHeader) {
 	if *h == nil {
 		*h = &pb.ResponseHeader{}
 	}
-	(*h).ClusterId = s.clusterID
-	(*h).MemberId = s.id
-	(*h).RaftTerm = s.term.Load()
+	(*h).ClusterId = g.clusterID
+	(*h).MemberId = g.id
+	(*h).RaftTerm = g.term.Load()
 	if (*h).Revision == 0 {
-		(*h).Revision = s.sm.store.Revision()
+		(*h).Revision = g.revision()
 	}
+}
+
+// kv returns the group's key/value store; only unsharded groups have one
+// directly.
+func (g *group) kv() *kv.Store { return g.sm.app.(kvApp).Store }
+
+// revision is the revision reported in response headers.
+func (g *group) revision() int64 {
+	if a, ok := g.sm.app.(interface{ Revision() int64 }); ok {
+		return a.Revision()
+	}
+	return 0
+}
+
+// stats summarises the group's data for Status and metrics.
+func (g *group) stats() kv.Stats {
+	if a, ok := g.sm.app.(interface{ Stats() kv.Stats }); ok {
+		return a.Stats()
+	}
+	return kv.Stats{}
 }

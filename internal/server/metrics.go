@@ -60,22 +60,22 @@ func newMetrics() *metrics {
 }
 
 // observe samples gauges; called on a timer by watchNode.
-func (m *metrics) observe(s *Server) {
-	lead := s.node.Leader()
+func (m *metrics) observe(g *group) {
+	lead := g.node.Leader()
 	if lead != m.lastLeader {
 		if m.lastLeader != raft.None || lead != raft.None {
 			m.leaderChanges.Inc()
 		}
 		m.lastLeader = lead
 	}
-	m.applied.Set(float64(s.sm.appliedIndex()))
-	st := s.node.Status()
+	m.applied.Set(float64(g.sm.appliedIndex()))
+	st := g.node.Status()
 	m.committed.Set(float64(st.Commit))
 	m.lastIndex.Set(float64(st.LastIndex))
-	m.term.Set(float64(s.node.Term()))
-	m.isLeader.Set(b2f(lead == s.id))
+	m.term.Set(float64(g.node.Term()))
+	m.isLeader.Set(b2f(lead == g.id))
 	m.hasLeader.Set(b2f(lead != raft.None))
-	m.keys.Set(float64(s.sm.store.Stats().Keys))
+	m.keys.Set(float64(g.stats().Keys))
 }
 
 func b2f(b bool) float64 {
@@ -97,7 +97,7 @@ func (s *Server) metricsHandler() http.Handler {
 	}
 	mux.HandleFunc("/health", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		if s.node.Leader() == raft.None {
+		if s.main.node.Leader() == raft.None {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			fmt.Fprintln(w, `{"health":"false","reason":"no leader"}`)
 			return

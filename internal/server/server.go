@@ -1,8 +1,6 @@
 package server
 
 import (
-	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,18 +8,13 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc"
 
 	"github.com/cairn-db/cairn/internal/kv"
-	"github.com/cairn-db/cairn/raft"
-	"github.com/cairn-db/cairn/raft/raftnode"
-	"github.com/cairn-db/cairn/raft/transport"
 	"github.com/cairn-db/cairn/raft/wal"
 )
 
@@ -30,29 +23,21 @@ import (
 // "request is too large" instead of a transport error.
 const grpcOverhead = 512 * 1024
 
-// Server is a running member.
+// Server is a running member: one process with one client listener, one
+// peer listener and one or more Raft group replicas.
 type Server struct {
 	cfg       Config
-	id        uint64
+	id        uint64 // this process's member ID
 	clusterID uint64
 	logger    *slog.Logger
 
 	dir       *dataDir
-	storage   *wal.DiskStorage
-	transport *transport.Transport
-	node      *raftnode.Node
-	sm        *stateMachine
+	main      *group // the group whose status, members and health the process reports
 	grpc      *grpc.Server
 	clientLn  net.Listener
 	metricsLn net.Listener
 	httpSrv   *http.Server
 	metrics   *metrics
-
-	peerAddr string // as listed in --initial-cluster
-	peers    map[uint64]string
-
-	reqIDs atomic.Uint64
-	term   atomic.Uint64
 
 	connMu sync.Mutex
 	conns  map[string]*grpc.ClientConn
@@ -93,8 +78,6 @@ func Start(cfg Config) (*Server, error) {
 		cfg:       cfg,
 		id:        self.ID,
 		clusterID: ClusterID(cfg.ClusterToken),
-		peerAddr:  self.PeerAddr,
-		peers:     map[uint64]string{},
 		logger:    cfg.Logger.With("member", cfg.Name),
 		conns:     map[string]*grpc.ClientConn{},
 		stopped:   make(chan struct{}),
@@ -128,75 +111,35 @@ func Start(cfg Config) (*Server, error) {
 		peerLn.Close()
 		return nil, err
 	}
-
-	var fsys wal.FS = wal.OSFS{}
-	if cfg.fs != nil {
-		fsys = cfg.fs
-	}
-	s.storage, err = wal.OpenDiskStorage(fsys, s.dir.raftDir(), wal.StorageOptions{
-		Logger:      s.logger,
-		KeepEntries: cfg.SnapshotCatchupEntries,
-		SegmentSize: cfg.walSegmentSize,
+	s.main, err = s.startGroup(groupSpec{
+		label:     "kv",
+		raftDir:   s.dir.raftDir(),
+		clusterID: s.clusterID,
+		peerLn:    peerLn,
+		app:       kvApp{kv.NewStore(kv.Options{SessionTTL: cfg.SessionTTL})},
+		members:   members,
+		self:      self,
+		bootstrap: cfg.InitialClusterState == "new",
+		primary:   true,
 	})
 	if err != nil {
-		peerLn.Close()
-		if errors.Is(err, wal.ErrCorrupt) {
-			// The WAL's error names the gap; the operator needs the file.
-			if bad := damagedSnapshots(s.dir.raftDir()); len(bad) > 0 {
-				return nil, fmt.Errorf("cannot open the Raft log in %s: %w (damaged snapshot files: %s)", s.dir.raftDir(), err, strings.Join(bad, ", "))
-			}
-		}
-		return nil, fmt.Errorf("cannot open the Raft log in %s: %w", s.dir.raftDir(), err)
+		return nil, err
 	}
-	storage := &timedStorage{DiskStorage: raftnode.DiskStorage{DiskStorage: s.storage}, m: s.metrics}
+	s.startServing(&kvService{s: s})
+	ok = true
+	s.logger.Info("cairn member started", "id", fmt.Sprintf("%x", s.id), "cluster", fmt.Sprintf("%x", s.clusterID),
+		"client", cfg.ListenClient, "peer", cfg.ListenPeer, "data_dir", cfg.DataDir, "fresh", s.dir.fresh)
+	return s, nil
+}
 
-	s.sm = newStateMachine(s.id, kv.Options{SessionTTL: cfg.SessionTTL}, members)
-	handler := &lateHandler{}
-	s.transport, err = transport.New(transport.Config{
-		ID:        s.id,
-		ClusterID: s.clusterID,
-		Listener:  peerLn,
-		Handler:   handler,
-		Snapshots: storage,
-		Logger:    s.logger,
-	})
-	if err != nil {
-		peerLn.Close()
-		return nil, fmt.Errorf("cannot start the peer transport: %w", err)
-	}
-	s.syncPeers(s.sm.memberTable())
-	s.sm.onMembers = s.syncPeers
-
-	var bootstrap []uint64
-	if cfg.InitialClusterState == "new" {
-		for _, m := range members {
-			bootstrap = append(bootstrap, m.ID)
-		}
-	}
-	s.node, err = raftnode.Start(raftnode.Config{
-		Raft: raft.Config{
-			ID:            s.id,
-			ElectionTick:  cfg.ElectionTicks,
-			HeartbeatTick: 1,
-			PreVote:       true,
-			CheckQuorum:   true,
-		},
-		TickInterval:    cfg.TickInterval,
-		SnapshotEntries: cfg.SnapshotCount,
-		KeepEntries:     cfg.SnapshotCatchupEntries,
-		Logger:          s.logger,
-	}, storage, &countingTransport{Transport: s.transport, m: s.metrics}, s.sm, bootstrap)
-	if err != nil {
-		return nil, fmt.Errorf("cannot start Raft: %w", err)
-	}
-	handler.set(s.node)
-	s.syncPeers(s.sm.memberTable())
-
+// startServing registers the client services and starts the client and
+// metrics servers.
+func (s *Server) startServing(kvs pb.KVServer) {
 	s.grpc = grpc.NewServer(
-		grpc.MaxRecvMsgSize(cfg.MaxRequestBytes+grpcOverhead),
+		grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes+grpcOverhead),
 		grpc.MaxConcurrentStreams(1024),
 	)
-	pb.RegisterKVServer(s.grpc, &kvService{s: s})
+	pb.RegisterKVServer(s.grpc, kvs)
 	pb.RegisterMaintenanceServer(s.grpc, &maintenanceService{s: s})
 	pb.RegisterClusterServer(s.grpc, &clusterService{s: s})
 	pb.RegisterWatchServer(s.grpc, watchService{})
@@ -218,13 +161,6 @@ func Start(cfg Config) (*Server, error) {
 			_ = s.httpSrv.Serve(s.metricsLn)
 		}()
 	}
-	s.bg.Add(2)
-	go s.publishLoop()
-	go s.watchNode()
-	ok = true
-	s.logger.Info("cairn member started", "id", fmt.Sprintf("%x", s.id), "cluster", fmt.Sprintf("%x", s.clusterID),
-		"client", cfg.ListenClient, "peer", cfg.ListenPeer, "data_dir", cfg.DataDir, "fresh", s.dir.fresh)
-	return s, nil
 }
 
 // ID returns the member ID.
@@ -238,10 +174,22 @@ func (s *Server) Done() <-chan struct{} { return s.stopped }
 
 // Err returns the fatal error that stopped the server, if any.
 func (s *Server) Err() error {
-	if s.node == nil {
+	for _, g := range s.allGroups() {
+		if g.node != nil {
+			if err := g.node.Err(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// allGroups lists the group replicas this process runs.
+func (s *Server) allGroups() []*group {
+	if s.main == nil {
 		return nil
 	}
-	return s.node.Err()
+	return []*group{s.main}
 }
 
 // Stop stops serving and closes everything.
@@ -270,14 +218,8 @@ func (s *Server) closeAll() {
 	} else if s.metricsLn != nil {
 		s.metricsLn.Close()
 	}
-	if s.node != nil {
-		s.node.Stop()
-	}
-	if s.transport != nil {
-		s.transport.Close()
-	}
-	if s.storage != nil {
-		s.storage.Close()
+	for _, g := range s.allGroups() {
+		g.close()
 	}
 	s.connMu.Lock()
 	for _, c := range s.conns {
@@ -287,120 +229,6 @@ func (s *Server) closeAll() {
 	s.connMu.Unlock()
 	if s.dir != nil {
 		s.dir.close()
-	}
-}
-
-// watchNode stops the server when the Raft node dies (e.g. a disk error)
-// and keeps the cached term fresh for response headers.
-func (s *Server) watchNode() {
-	defer s.bg.Done()
-	t := time.NewTicker(s.cfg.TickInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.stopped:
-			return
-		case <-s.node.Done():
-			if err := s.node.Err(); err != nil {
-				s.logger.Error("raft stopped; shutting down", "err", err)
-				go s.Stop()
-			}
-			return
-		case <-t.C:
-			s.term.Store(s.node.Term())
-			s.metrics.observe(s)
-		}
-	}
-}
-
-// publishLoop announces this member's name and client address through the
-// log, so every member can list it and forward to it.
-func (s *Server) publishLoop() {
-	defer s.bg.Done()
-	info := MemberInfo{ID: s.id, Name: s.cfg.Name, PeerAddr: s.peerAddr, ClientAddr: s.cfg.AdvertiseClient}
-	payload, _ := json.Marshal(info)
-	backoff := 50 * time.Millisecond
-	for {
-		if m, ok := s.sm.memberTable()[s.id]; ok && m.ClientAddr == info.ClientAddr && m.Name == info.Name {
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
-		go func() {
-			select {
-			case <-s.stopped:
-				cancel()
-			case <-ctx.Done():
-			}
-		}()
-		_, err := s.propose(ctx, kindPublish, payload)
-		cancel()
-		if err == nil {
-			continue
-		}
-		select {
-		case <-s.stopped:
-			return
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, time.Second)
-	}
-}
-
-// syncPeers makes the transport's peer set follow the member table.
-func (s *Server) syncPeers(table map[uint64]MemberInfo) {
-	if s.transport == nil {
-		return
-	}
-	s.connMu.Lock()
-	defer s.connMu.Unlock()
-	for id, m := range table {
-		if id != s.id && m.PeerAddr != "" && s.peers[id] != m.PeerAddr {
-			s.transport.AddPeer(id, m.PeerAddr)
-			s.peers[id] = m.PeerAddr
-		}
-	}
-	for id := range s.peers {
-		if _, ok := table[id]; !ok {
-			s.transport.RemovePeer(id)
-			delete(s.peers, id)
-		}
-	}
-}
-
-// lateHandler lets the transport start before the node exists.
-type lateHandler struct {
-	mu sync.RWMutex
-	h  transport.Handler
-}
-
-func (l *lateHandler) set(h transport.Handler) {
-	l.mu.Lock()
-	l.h = h
-	l.mu.Unlock()
-}
-
-func (l *lateHandler) get() transport.Handler {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	return l.h
-}
-
-func (l *lateHandler) Process(ctx context.Context, m raft.Message) error {
-	if h := l.get(); h != nil {
-		return h.Process(ctx, m)
-	}
-	return errors.New("server: node not started yet")
-}
-
-func (l *lateHandler) ReportUnreachable(id uint64) {
-	if h := l.get(); h != nil {
-		h.ReportUnreachable(id)
-	}
-}
-
-func (l *lateHandler) ReportSnapshot(id uint64, ok bool) {
-	if h := l.get(); h != nil {
-		h.ReportSnapshot(id, ok)
 	}
 }
 

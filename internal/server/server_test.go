@@ -1086,7 +1086,7 @@ func TestFullDiskFollower(t *testing.T) {
 	putKeys(t, cl, "k", 20)
 
 	// Fill the disk of a follower, so the other two keep a quorum.
-	lead := servers[0].node.Leader()
+	lead := servers[0].main.node.Leader()
 	f := 0
 	for i, s := range servers {
 		if s.id != lead {

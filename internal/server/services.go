@@ -33,8 +33,8 @@ type maintenanceService struct {
 }
 
 func (m *maintenanceService) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusResponse, error) {
-	st := m.s.node.Status()
-	stats := m.s.sm.store.Stats()
+	st := m.s.main.node.Status()
+	stats := m.s.main.stats()
 	resp := &pb.StatusResponse{
 		Version:          EtcdVersion,
 		DbSize:           stats.Bytes,
@@ -43,20 +43,20 @@ func (m *maintenanceService) Status(ctx context.Context, _ *pb.StatusRequest) (*
 		RaftIndex:        st.LastIndex,
 		RaftTerm:         st.Term,
 		RaftAppliedIndex: st.Applied,
-		IsLearner:        slices.Contains(st.Config.Learners, m.s.id),
+		IsLearner:        slices.Contains(st.Config.Learners, m.s.main.id),
 		StorageVersion:   EtcdVersion,
 	}
 	if st.Lead == raft.None {
 		resp.Errors = append(resp.Errors, "no leader")
 	}
-	m.s.fillHeader(&resp.Header)
+	m.s.main.fillHeader(&resp.Header)
 	return resp, nil
 }
 
 func (m *maintenanceService) Alarm(ctx context.Context, req *pb.AlarmRequest) (*pb.AlarmResponse, error) {
 	// Cairn raises no alarms (yet): report none, as a healthy etcd does.
 	resp := &pb.AlarmResponse{}
-	m.s.fillHeader(&resp.Header)
+	m.s.main.fillHeader(&resp.Header)
 	return resp, nil
 }
 
@@ -68,17 +68,17 @@ type clusterService struct {
 
 func (c *clusterService) MemberList(ctx context.Context, req *pb.MemberListRequest) (*pb.MemberListResponse, error) {
 	if req.Linearizable {
-		if err := c.s.linearizableRead(ctx); err != nil {
+		if err := c.s.main.linearizableRead(ctx); err != nil {
 			return nil, err
 		}
 	}
-	resp := &pb.MemberListResponse{Members: c.s.memberList()}
-	c.s.fillHeader(&resp.Header)
+	resp := &pb.MemberListResponse{Members: c.s.main.memberList()}
+	c.s.main.fillHeader(&resp.Header)
 	return resp, nil
 }
 
-func (s *Server) memberList() []*pb.Member {
-	table := s.sm.memberTable()
+func (g *group) memberList() []*pb.Member {
+	table := g.sm.memberTable()
 	ids := make([]uint64, 0, len(table))
 	for id := range table {
 		ids = append(ids, id)
@@ -107,12 +107,12 @@ func (c *clusterService) MemberAdd(ctx context.Context, req *pb.MemberAddRequest
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	for _, m := range c.s.sm.memberTable() {
+	for _, m := range c.s.main.sm.memberTable() {
 		if m.PeerAddr == addr {
 			return nil, rpctypes.ErrGRPCPeerURLExist
 		}
 	}
-	if leader, err := c.s.forwardToLeader(ctx); err != nil || leader != nil {
+	if leader, err := c.s.main.forwardToLeader(ctx); err != nil || leader != nil {
 		if err != nil {
 			return nil, err
 		}
@@ -124,82 +124,82 @@ func (c *clusterService) MemberAdd(ctx context.Context, req *pb.MemberAddRequest
 		cc.Type = raft.ConfChangeAddLearner
 	}
 	cc.Context, _ = json.Marshal(confContext{PeerAddr: addr})
-	if err := c.s.confChange(ctx, cc); err != nil {
+	if err := c.s.main.confChange(ctx, cc); err != nil {
 		return nil, err
 	}
 	resp := &pb.MemberAddResponse{
 		Member:  &pb.Member{ID: id, PeerURLs: []string{"http://" + addr}, IsLearner: req.IsLearner},
-		Members: c.s.memberList(),
+		Members: c.s.main.memberList(),
 	}
-	c.s.fillHeader(&resp.Header)
+	c.s.main.fillHeader(&resp.Header)
 	return resp, nil
 }
 
 func (c *clusterService) MemberRemove(ctx context.Context, req *pb.MemberRemoveRequest) (*pb.MemberRemoveResponse, error) {
-	if _, ok := c.s.sm.memberTable()[req.ID]; !ok {
+	if _, ok := c.s.main.sm.memberTable()[req.ID]; !ok {
 		return nil, rpctypes.ErrGRPCMemberNotFound
 	}
-	if leader, err := c.s.forwardToLeader(ctx); err != nil || leader != nil {
+	if leader, err := c.s.main.forwardToLeader(ctx); err != nil || leader != nil {
 		if err != nil {
 			return nil, err
 		}
 		return pb.NewClusterClient(leader).MemberRemove(ctx, req)
 	}
-	if err := c.s.confChange(ctx, raft.ConfChange{Type: raft.ConfChangeRemove, NodeID: req.ID}); err != nil {
+	if err := c.s.main.confChange(ctx, raft.ConfChange{Type: raft.ConfChangeRemove, NodeID: req.ID}); err != nil {
 		return nil, err
 	}
-	resp := &pb.MemberRemoveResponse{Members: c.s.memberList()}
-	c.s.fillHeader(&resp.Header)
+	resp := &pb.MemberRemoveResponse{Members: c.s.main.memberList()}
+	c.s.main.fillHeader(&resp.Header)
 	return resp, nil
 }
 
 func (c *clusterService) MemberPromote(ctx context.Context, req *pb.MemberPromoteRequest) (*pb.MemberPromoteResponse, error) {
-	m, ok := c.s.sm.memberTable()[req.ID]
+	m, ok := c.s.main.sm.memberTable()[req.ID]
 	if !ok {
 		return nil, rpctypes.ErrGRPCMemberNotFound
 	}
 	if !m.IsLearner {
 		return nil, rpctypes.ErrGRPCMemberNotLearner
 	}
-	if leader, err := c.s.forwardToLeader(ctx); err != nil || leader != nil {
+	if leader, err := c.s.main.forwardToLeader(ctx); err != nil || leader != nil {
 		if err != nil {
 			return nil, err
 		}
 		return pb.NewClusterClient(leader).MemberPromote(ctx, req)
 	}
-	if err := c.s.confChange(ctx, raft.ConfChange{Type: raft.ConfChangeAddVoter, NodeID: req.ID}); err != nil {
+	if err := c.s.main.confChange(ctx, raft.ConfChange{Type: raft.ConfChangeAddVoter, NodeID: req.ID}); err != nil {
 		return nil, err
 	}
-	resp := &pb.MemberPromoteResponse{Members: c.s.memberList()}
-	c.s.fillHeader(&resp.Header)
+	resp := &pb.MemberPromoteResponse{Members: c.s.main.memberList()}
+	c.s.main.fillHeader(&resp.Header)
 	return resp, nil
 }
 
 // forwardToLeader returns nil if this member leads, or a connection to the
 // leader's client address.
-func (s *Server) forwardToLeader(ctx context.Context) (*grpc.ClientConn, error) {
-	lead, err := s.node.WaitLeader(ctx)
+func (g *group) forwardToLeader(ctx context.Context) (*grpc.ClientConn, error) {
+	lead, err := g.node.WaitLeader(ctx)
 	if err != nil {
 		return nil, rpctypes.ErrGRPCNoLeader
 	}
-	if lead == s.id {
+	if lead == g.id {
 		return nil, nil
 	}
 	// A leader that has just started may not have published its client
 	// address yet; wait for it rather than fail a request that will work
 	// in a moment.
 	for {
-		if m, ok := s.sm.memberTable()[lead]; ok && m.ClientAddr != "" {
-			return s.peerClient(m.ClientAddr)
+		if m, ok := g.sm.memberTable()[lead]; ok && m.ClientAddr != "" {
+			return g.s.peerClient(m.ClientAddr)
 		}
 		select {
 		case <-ctx.Done():
 			return nil, rpctypes.ErrGRPCNoLeader
-		case <-s.stopped:
+		case <-g.done:
 			return nil, rpctypes.ErrGRPCStopped
 		case <-time.After(20 * time.Millisecond):
 		}
-		if l := s.node.Leader(); l == s.id {
+		if l := g.node.Leader(); l == g.id {
 			return nil, nil
 		} else if l != raft.None {
 			lead = l
@@ -222,10 +222,10 @@ func (s *Server) peerClient(addr string) (*grpc.ClientConn, error) {
 	return cc, nil
 }
 
-func (s *Server) confChange(ctx context.Context, cc raft.ConfChange) error {
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+func (g *group) confChange(ctx context.Context, cc raft.ConfChange) error {
+	ctx, cancel := context.WithTimeout(ctx, g.s.cfg.RequestTimeout)
 	defer cancel()
-	_, err := s.node.ProposeConfChange(ctx, cc)
+	_, err := g.node.ProposeConfChange(ctx, cc)
 	// A change still being applied (or a new leader's first entry) blocks
 	// the next one only briefly: wait for it instead of failing.
 	for errors.Is(err, raft.ErrConfChangePending) && ctx.Err() == nil {
@@ -233,7 +233,7 @@ func (s *Server) confChange(ctx context.Context, cc raft.ConfChange) error {
 		case <-ctx.Done():
 		case <-time.After(20 * time.Millisecond):
 		}
-		_, err = s.node.ProposeConfChange(ctx, cc)
+		_, err = g.node.ProposeConfChange(ctx, cc)
 	}
 	switch {
 	case err == nil:
@@ -243,7 +243,7 @@ func (s *Server) confChange(ctx context.Context, cc raft.ConfChange) error {
 	case errors.Is(err, raft.ErrInvalidConfChange):
 		return status.Error(codes.FailedPrecondition, err.Error())
 	}
-	return s.mapError(ctx, err)
+	return g.mapError(ctx, err)
 }
 
 func trimURL(u string) (string, error) {
@@ -319,13 +319,13 @@ func (c *cairnService) Append(ctx context.Context, req *pb.PutRequest) (*pb.PutR
 	if len(req.Key) == 0 {
 		return nil, rpctypes.ErrGRPCEmptyKey
 	}
-	res, err := c.s.write(ctx, &kv.Command{Append: &kv.AppendRequest{Key: req.Key, Value: req.Value}})
+	res, err := c.s.main.write(ctx, &kv.Command{Append: &kv.AppendRequest{Key: req.Key, Value: req.Value}})
 	if err != nil {
 		return nil, err
 	}
 	resp := &pb.PutResponse{Header: &pb.ResponseHeader{Revision: res.Append.Revision}}
 	_ = grpc.SetHeader(ctx, metadata.Pairs(mdAppendLength, strconv.FormatInt(res.Append.Length, 10)))
-	c.s.fillHeader(&resp.Header)
+	c.s.main.fillHeader(&resp.Header)
 	return resp, nil
 }
 

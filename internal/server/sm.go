@@ -77,23 +77,49 @@ type confContext struct {
 // Raft goroutine; the waiter table and member table are shared with the
 // gRPC handlers under mu.
 type stateMachine struct {
-	self  uint64
-	store *kv.Store
+	self uint64
+	app  application
 
 	mu      sync.Mutex
 	members map[uint64]*MemberInfo
-	waiters map[uint64]chan *kv.Result
+	waiters map[uint64]chan any
 	applied uint64
 	// onMembers is called (outside mu) after the member table changes.
 	onMembers func(map[uint64]MemberInfo)
 }
 
-func newStateMachine(self uint64, opts kv.Options, initial []Member) *stateMachine {
+// application is the replicated service a group runs on top of the member
+// table: the key/value store, a sharded key/value group, or the shard
+// controller. Its methods run on the apply goroutine, except where noted.
+type application interface {
+	// Apply applies one kindKV payload at a log index and returns what the
+	// proposer waits for.
+	Apply(index uint64, payload []byte) any
+	// Skip records an index that carries nothing for the application.
+	Skip(index uint64)
+	// AppliedIndex is the last index passed to Apply or Skip (or restored).
+	AppliedIndex() uint64
+	// CaptureSnapshot takes a consistent image now and returns the
+	// function that writes it, which may run on another goroutine.
+	CaptureSnapshot() (func(io.Writer) error, error)
+	Restore(r io.Reader) error
+}
+
+// kvApp is the unsharded key/value store as an application.
+type kvApp struct{ *kv.Store }
+
+func (a kvApp) Apply(index uint64, payload []byte) any { return a.Store.Apply(index, payload) }
+func (a kvApp) Skip(index uint64)                      { a.Store.Apply(index, nil) }
+func (a kvApp) CaptureSnapshot() (func(io.Writer) error, error) {
+	return a.Store.CaptureSnapshot(), nil
+}
+
+func newStateMachine(self uint64, app application, initial []Member) *stateMachine {
 	sm := &stateMachine{
 		self:    self,
-		store:   kv.NewStore(opts),
+		app:     app,
 		members: map[uint64]*MemberInfo{},
-		waiters: map[uint64]chan *kv.Result{},
+		waiters: map[uint64]chan any{},
 	}
 	for _, m := range initial {
 		sm.members[m.ID] = &MemberInfo{ID: m.ID, Name: m.Name, PeerAddr: m.PeerAddr}
@@ -102,8 +128,8 @@ func newStateMachine(self uint64, opts kv.Options, initial []Member) *stateMachi
 }
 
 // register returns the channel on which the result of request id arrives.
-func (sm *stateMachine) register(id uint64) chan *kv.Result {
-	ch := make(chan *kv.Result, 1)
+func (sm *stateMachine) register(id uint64) chan any {
+	ch := make(chan any, 1)
 	sm.mu.Lock()
 	sm.waiters[id] = ch
 	sm.mu.Unlock()
@@ -116,7 +142,7 @@ func (sm *stateMachine) unregister(id uint64) {
 	sm.mu.Unlock()
 }
 
-func (sm *stateMachine) notify(id uint64, res *kv.Result) {
+func (sm *stateMachine) notify(id uint64, res any) {
 	sm.mu.Lock()
 	ch := sm.waiters[id]
 	delete(sm.waiters, id)
@@ -138,24 +164,24 @@ func (sm *stateMachine) Apply(e raft.Entry) any {
 		sm.applyConfChange(e)
 		return nil
 	case len(e.Data) == 0:
-		sm.store.Apply(e.Index, nil)
+		sm.app.Skip(e.Index)
 		return nil
 	}
 	env, err := unmarshalEnvelope(e.Data)
 	if err != nil {
 		// Every replica sees the same bytes and skips them the same way.
-		sm.store.Apply(e.Index, nil)
+		sm.app.Skip(e.Index)
 		return nil
 	}
 	switch env.kind {
 	case kindKV:
-		res := sm.store.Apply(e.Index, env.payload)
+		res := sm.app.Apply(e.Index, env.payload)
 		if env.origin == sm.self {
 			sm.notify(env.reqID, res)
 		}
 		return res
 	case kindPublish:
-		sm.store.Apply(e.Index, nil)
+		sm.app.Skip(e.Index)
 		var info MemberInfo
 		if json.Unmarshal(env.payload, &info) == nil && info.ID != 0 {
 			sm.mu.Lock()
@@ -170,17 +196,17 @@ func (sm *stateMachine) Apply(e raft.Entry) any {
 			sm.membersChanged()
 		}
 		if env.origin == sm.self {
-			sm.notify(env.reqID, &kv.Result{})
+			sm.notify(env.reqID, nil)
 		}
 		return nil
 	default:
-		sm.store.Apply(e.Index, nil)
+		sm.app.Skip(e.Index)
 		return nil
 	}
 }
 
 func (sm *stateMachine) applyConfChange(e raft.Entry) {
-	sm.store.Apply(e.Index, nil)
+	sm.app.Skip(e.Index)
 	cc, err := raft.UnmarshalConfChange(e.Data)
 	if err != nil {
 		return
@@ -267,7 +293,10 @@ func (sm *stateMachine) CaptureSnapshot() (func(io.Writer) error, error) {
 	if err != nil {
 		return nil, err
 	}
-	writeStore := sm.store.CaptureSnapshot()
+	writeStore, err := sm.app.CaptureSnapshot()
+	if err != nil {
+		return nil, err
+	}
 	return func(w io.Writer) error {
 		bw := bufio.NewWriter(w)
 		bw.WriteString(smSnapshotMagic)
@@ -300,7 +329,7 @@ func (sm *stateMachine) Restore(r io.Reader) error {
 	if err := json.Unmarshal(mb, &members); err != nil {
 		return fmt.Errorf("server: snapshot member table corrupt: %w", err)
 	}
-	if err := sm.store.Restore(br); err != nil {
+	if err := sm.app.Restore(br); err != nil {
 		return err
 	}
 	sm.mu.Lock()
@@ -309,7 +338,7 @@ func (sm *stateMachine) Restore(r io.Reader) error {
 		m := members[i]
 		sm.members[m.ID] = &m
 	}
-	sm.applied = sm.store.AppliedIndex()
+	sm.applied = sm.app.AppliedIndex()
 	sm.mu.Unlock()
 	sm.membersChanged()
 	return nil
