@@ -8,9 +8,11 @@ import (
 	"net"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/cairn-db/cairn/internal/shard"
 	"github.com/cairn-db/cairn/raft/wal"
 )
 
@@ -60,6 +62,25 @@ type Config struct {
 	RequestTimeout time.Duration
 	Logger         *slog.Logger
 
+	// Sharding (docs/sharding.md). A process that hosts the controller or
+	// any shard group runs in sharded mode; otherwise it is the unsharded
+	// key/value member above.
+
+	// Controller makes this process host a replica of the shard
+	// controller's Raft group. Every member of InitialCluster does too.
+	Controller bool
+	// ShardGroups lists the shard groups (comma-separated positive IDs)
+	// this process hosts a replica of. Every member of InitialCluster
+	// hosts the same ones.
+	ShardGroups string
+	// ControllerEndpoints lists client addresses of controller members
+	// (comma-separated), for a sharded process that does not host the
+	// controller itself.
+	ControllerEndpoints string
+	// Shards is the cluster's number of shards, fixed when the cluster is
+	// created.
+	Shards int
+
 	// fs, when set by an in-package test, replaces the operating system's
 	// file system under the Raft directory (WAL and snapshots), so tests
 	// can make writes fail the way a full disk does.
@@ -85,6 +106,7 @@ func Defaults() Config {
 		SessionTTL:             time.Hour,
 		MaxRequestBytes:        1536 * 1024,
 		RequestTimeout:         7 * time.Second,
+		Shards:                 shard.DefaultShards,
 	}
 }
 
@@ -156,10 +178,57 @@ func (c *Config) Validate() ([]Member, error) {
 			return nil, fmt.Errorf("%w: --initial-cluster gives %s the peer address %s, but --listen-peer is %s", ErrConfig, c.Name, self.PeerAddr, c.ListenPeer)
 		}
 	}
+	if _, err := c.shardGroups(); err != nil {
+		return nil, err
+	}
+	if c.Shards < 1 || c.Shards > shard.MaxShards {
+		return nil, fmt.Errorf("%w: --shards must be between 1 and %d, not %d", ErrConfig, shard.MaxShards, c.Shards)
+	}
+	if c.ShardGroups != "" && !c.Controller && len(c.controllerEndpoints()) == 0 {
+		return nil, fmt.Errorf("%w: a process hosting shard groups needs --controller or --controller-endpoints", ErrConfig)
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
 	return members, nil
+}
+
+// Sharded reports whether the process runs in sharded mode.
+func (c *Config) Sharded() bool { return c.Controller || c.ShardGroups != "" }
+
+// shardGroups parses ShardGroups.
+func (c *Config) shardGroups() ([]shard.GroupID, error) {
+	var out []shard.GroupID
+	if strings.TrimSpace(c.ShardGroups) == "" {
+		return nil, nil
+	}
+	seen := map[uint64]bool{}
+	for _, part := range strings.Split(c.ShardGroups, ",") {
+		part = strings.TrimSpace(part)
+		id, err := strconv.ParseUint(part, 10, 64)
+		if err != nil || id == 0 {
+			return nil, fmt.Errorf("%w: --shard-groups entry %q is not a positive group ID", ErrConfig, part)
+		}
+		if seen[id] {
+			return nil, fmt.Errorf("%w: --shard-groups lists group %d twice", ErrConfig, id)
+		}
+		seen[id] = true
+		out = append(out, shard.GroupID(id))
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// controllerEndpoints parses ControllerEndpoints.
+func (c *Config) controllerEndpoints() []string {
+	var out []string
+	for _, e := range strings.Split(c.ControllerEndpoints, ",") {
+		e = strings.TrimPrefix(strings.TrimPrefix(strings.TrimSpace(e), "http://"), "https://")
+		if e != "" {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // ParseInitialCluster parses name=host:port,... into members whose IDs

@@ -40,6 +40,10 @@ type group struct {
 	peersMu  sync.Mutex
 	peers    map[uint64]string
 
+	// wrapKV, if set, wraps an encoded kv.Command into the application's
+	// payload (a shard group's entry kind).
+	wrapKV func([]byte) []byte
+
 	reqIDs atomic.Uint64
 	term   atomic.Uint64
 	done   chan struct{} // closed when the group's goroutines should stop

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/cairn-db/cairn/internal/kv"
+	"github.com/cairn-db/cairn/internal/shardkv"
 	"github.com/cairn-db/cairn/raft"
 	"github.com/cairn-db/cairn/raft/raftnode"
 )
@@ -137,7 +138,11 @@ func (g *group) write(ctx context.Context, cmd *kv.Command) (*kv.Result, error) 
 	}
 	cmd.ClientID, cmd.Seq = clientID, seq
 	cmd.Time = time.Now().UnixNano()
-	out, err := g.propose(ctx, kindKV, cmd.Marshal())
+	payload := cmd.Marshal()
+	if g.wrapKV != nil {
+		payload = g.wrapKV(payload)
+	}
+	out, err := g.propose(ctx, kindKV, payload)
 	if err != nil {
 		return nil, err
 	}
@@ -146,6 +151,10 @@ func (g *group) write(ctx context.Context, cmd *kv.Command) (*kv.Result, error) 
 		switch {
 		case errors.Is(res.Err, kv.ErrStaleSequence):
 			return nil, status.Error(codes.FailedPrecondition, res.Err.Error())
+		case errors.Is(res.Err, shardkv.ErrWrongGroup):
+			return nil, errWrongGroup(res.Err)
+		case errors.Is(res.Err, shardkv.ErrCrossShard):
+			return nil, status.Error(codes.InvalidArgument, "cairn: "+res.Err.Error())
 		case errors.Is(res.Err, kv.ErrCorruptCommand):
 			return nil, status.Error(codes.Internal, "cairn: the replicated command could not be decoded: "+res.Err.Error())
 		}

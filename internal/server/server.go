@@ -32,7 +32,8 @@ type Server struct {
 	logger    *slog.Logger
 
 	dir       *dataDir
-	main      *group // the group whose status, members and health the process reports
+	main      *group     // the group whose status, members and health the process reports
+	sh        *shardHost // sharded mode only
 	grpc      *grpc.Server
 	clientLn  net.Listener
 	metricsLn net.Listener
@@ -111,6 +112,16 @@ func Start(cfg Config) (*Server, error) {
 		peerLn.Close()
 		return nil, err
 	}
+	if cfg.Sharded() {
+		if err := s.startSharded(peerLn, members, self); err != nil {
+			return nil, err
+		}
+		s.startServing(&shardedKV{s: s})
+		ok = true
+		s.logger.Info("cairn sharded member started", "id", fmt.Sprintf("%x", s.id), "controller", cfg.Controller,
+			"groups", cfg.ShardGroups, "shards", s.sh.nShards, "client", cfg.ListenClient, "peer", cfg.ListenPeer, "data_dir", cfg.DataDir)
+		return s, nil
+	}
 	s.main, err = s.startGroup(groupSpec{
 		label:     "kv",
 		raftDir:   s.dir.raftDir(),
@@ -145,6 +156,7 @@ func (s *Server) startServing(kvs pb.KVServer) {
 	pb.RegisterWatchServer(s.grpc, watchService{})
 	pb.RegisterLeaseServer(s.grpc, leaseService{})
 	s.grpc.RegisterService(&cairnServiceDesc, &cairnService{s: s})
+	s.grpc.RegisterService(&shardServiceDesc, &shardService{s: s})
 
 	s.bg.Add(1)
 	go func() {
@@ -186,6 +198,16 @@ func (s *Server) Err() error {
 
 // allGroups lists the group replicas this process runs.
 func (s *Server) allGroups() []*group {
+	if s.sh != nil {
+		var out []*group
+		if s.sh.ctrl != nil {
+			out = append(out, s.sh.ctrl)
+		}
+		for _, g := range s.sh.groups {
+			out = append(out, g)
+		}
+		return out
+	}
 	if s.main == nil {
 		return nil
 	}
@@ -220,6 +242,9 @@ func (s *Server) closeAll() {
 	}
 	for _, g := range s.allGroups() {
 		g.close()
+	}
+	if s.sh != nil && s.sh.mux != nil {
+		s.sh.mux.Close()
 	}
 	s.connMu.Lock()
 	for _, c := range s.conns {

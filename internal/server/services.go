@@ -319,6 +319,9 @@ func (c *cairnService) Append(ctx context.Context, req *pb.PutRequest) (*pb.PutR
 	if len(req.Key) == 0 {
 		return nil, rpctypes.ErrGRPCEmptyKey
 	}
+	if c.s.sh != nil {
+		return c.s.shardedAppend(ctx, req)
+	}
 	res, err := c.s.main.write(ctx, &kv.Command{Append: &kv.AppendRequest{Key: req.Key, Value: req.Value}})
 	if err != nil {
 		return nil, err

@@ -1,0 +1,166 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/cairn-db/cairn/internal/shard"
+)
+
+// startShardedCluster starts n members that each host the controller and
+// the given shard groups.
+func startShardedCluster(t *testing.T, n int, groups string, shards int) []*Server {
+	t.Helper()
+	base := t.TempDir()
+	cfgs := make([]Config, n)
+	var ic []string
+	for i := range cfgs {
+		cfgs[i] = testConfig(t, filepath.Join(base, fmt.Sprintf("m%d", i+1)))
+		cfgs[i].Name = fmt.Sprintf("m%d", i+1)
+		cfgs[i].ClusterToken = "sharded-" + filepath.Base(base)
+		cfgs[i].Controller = true
+		cfgs[i].ShardGroups = groups
+		cfgs[i].Shards = shards
+		ic = append(ic, cfgs[i].Name+"="+cfgs[i].ListenPeer)
+	}
+	servers := make([]*Server, n)
+	for i := range cfgs {
+		cfgs[i].InitialCluster = strings.Join(ic, ",")
+		servers[i] = start(t, cfgs[i])
+	}
+	return servers
+}
+
+func ctrlCall(t *testing.T, addr string, cmd *shard.Command) shard.Config {
+	t.Helper()
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for {
+		out, err := invokeBytes(ctx, cc, methodController, cmd.Marshal())
+		if err == nil {
+			var cfg shard.Config
+			if err := cfg.UnmarshalBinary(out); err != nil {
+				t.Fatal(err)
+			}
+			return cfg
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("controller %v: %v", cmd.Op, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func hostStatusOf(t *testing.T, addr string) HostStatus {
+	t.Helper()
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	out, err := invokeBytes(ctx, cc, methodStatus, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st HostStatus
+	if err := json.Unmarshal(out, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// waitSettled waits until every member's replicas of every group are at
+// configuration num with nothing in transit.
+func waitSettled(t *testing.T, servers []*Server, num uint64) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ok := true
+		for _, s := range servers {
+			for _, g := range hostStatusOf(t, s.ClientAddr()).Groups {
+				if g.Config != num || len(g.Pulling)+len(g.Handing)+len(g.GCWait) > 0 {
+					ok = false
+				}
+			}
+		}
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			for _, s := range servers {
+				t.Logf("%+v", hostStatusOf(t, s.ClientAddr()))
+			}
+			t.Fatalf("groups did not settle at configuration %d", num)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestShardedPutGetMove(t *testing.T) {
+	servers := startShardedCluster(t, 3, "1,2", 8)
+	addr := servers[0].ClientAddr()
+	cfg := ctrlCall(t, addr, &shard.Command{Op: shard.OpJoin, Groups: map[shard.GroupID][]string{
+		1: {servers[0].ClientAddr(), servers[1].ClientAddr(), servers[2].ClientAddr()},
+	}})
+	if cfg.Num != 1 {
+		t.Fatalf("join made configuration %d", cfg.Num)
+	}
+	waitSettled(t, servers, 1)
+	cl := etcdClient(t, servers[1].ClientAddr())
+	ctx := context.Background()
+	for i := range 100 {
+		if _, err := cl.Put(ctx, fmt.Sprintf("k%03d", i), fmt.Sprint(i)); err != nil {
+			t.Fatalf("put %d: %v", i, err)
+		}
+	}
+	// Group 2 joins: about half the shards move from group 1 to group 2.
+	cfg = ctrlCall(t, addr, &shard.Command{Op: shard.OpJoin, Groups: map[shard.GroupID][]string{
+		2: {servers[0].ClientAddr(), servers[1].ClientAddr(), servers[2].ClientAddr()},
+	}})
+	waitSettled(t, servers, cfg.Num)
+	for i := range 100 {
+		resp, err := cl.Get(ctx, fmt.Sprintf("k%03d", i))
+		if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != fmt.Sprint(i) {
+			t.Fatalf("get k%03d after move: %v %v", i, resp, err)
+		}
+	}
+	resp, err := cl.Get(ctx, "k", clientv3.WithPrefix(), clientv3.WithLimit(10))
+	if err != nil || len(resp.Kvs) != 10 || resp.Count != 100 || !resp.More || string(resp.Kvs[0].Key) != "k000" || string(resp.Kvs[9].Key) != "k009" {
+		t.Fatalf("prefix get: %v %v", resp, err)
+	}
+	// Every group holds exactly the keys of its shards.
+	st := hostStatusOf(t, servers[2].ClientAddr())
+	total := 0
+	for _, g := range st.Groups {
+		for sh := range g.KeysHeld {
+			if cfg.Shards[sh] != g.GID {
+				t.Fatalf("group %d still holds keys of shard %d owned by %d: %+v", g.GID, sh, cfg.Shards[sh], st)
+			}
+		}
+		total += g.Keys
+	}
+	if total != 100 {
+		t.Fatalf("groups hold %d keys, want 100: %+v", total, st)
+	}
+	// Cross-shard transactions are refused.
+	_, err = cl.Txn(ctx).Then(clientv3.OpPut("k000", "x"), clientv3.OpPut("k001", "y"), clientv3.OpPut("k002", "z"), clientv3.OpPut("k003", "w")).Commit()
+	if err == nil || !strings.Contains(err.Error(), "cross-shard") {
+		t.Fatalf("cross-shard txn: %v", err)
+	}
+}
