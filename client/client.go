@@ -60,6 +60,7 @@ type Client struct {
 	// number per client ID, so each in-flight write needs its own ID: a
 	// write borrows a lane (an ID with its own sequence) for its duration.
 	baseID uint64
+	router router // shard routing (sharded clusters only)
 	mu     sync.Mutex
 	free   []*lane
 	nLanes uint64
@@ -88,6 +89,7 @@ func New(cfg Config) (*Client, error) {
 		cfg.BackoffMax = time.Second
 	}
 	c := &Client{cfg: cfg}
+	c.router.dial = cfg.DialOptions
 	for _, ep := range cfg.Endpoints {
 		dopts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, cfg.DialOptions...)
 		cc, err := grpc.NewClient(trimScheme(ep), dopts...)
@@ -119,6 +121,7 @@ func trimScheme(ep string) string {
 
 // Close closes the connections.
 func (c *Client) Close() error {
+	c.router.close()
 	var first error
 	for _, cc := range c.conns {
 		if err := cc.Close(); err != nil && first == nil {
@@ -184,6 +187,17 @@ func containsAny(s string, subs ...string) bool {
 // ends. write says whether op changes state; for writes without a session
 // only errors that prove the request was not sent are retried.
 func (c *Client) do(ctx context.Context, write bool, op func(ctx context.Context, cc *grpc.ClientConn) error) error {
+	return c.doKey(ctx, write, nil, op)
+}
+
+// doKey is do for a request about one key: in a sharded cluster it goes
+// straight to the group that owns the key's shard, and a wrong-group
+// answer (which proves the request was not applied) refreshes the
+// configuration and retries.
+func (c *Client) doKey(ctx context.Context, write bool, key []byte, op func(ctx context.Context, cc *grpc.ClientConn) error) error {
+	if key != nil {
+		c.discover(ctx)
+	}
 	var l *lane
 	if write && !c.cfg.DisableSessions {
 		l = c.takeLane()
@@ -199,13 +213,30 @@ func (c *Client) do(ctx context.Context, write bool, op func(ctx context.Context
 	for attempt := 0; ; attempt++ {
 		cur := c.next.Load()
 		i := int(cur) % len(c.conns)
+		conn := c.conns[i]
 		actx, cancel := context.WithTimeout(ctx, c.cfg.AttemptTimeout)
-		err := op(actx, c.conns[i])
+		if key != nil {
+			if cc, gid, ok := c.router.target(key, attempt); ok {
+				conn, actx = cc, withGroupMD(actx, gid)
+			}
+		}
+		err := op(actx, conn)
 		cancel()
 		if err == nil {
 			return nil
 		}
 		last = err
+		if isWrongGroup(err) && ctx.Err() == nil {
+			// The shard moved: nothing was applied, so retrying with the
+			// same session sequence number is safe.
+			c.refresh(ctx)
+			select {
+			case <-ctx.Done():
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, c.cfg.BackoffMax)
+			continue
+		}
 		if ctx.Err() != nil || !retryable(err) && status.Code(err) != codes.Canceled {
 			break
 		}
@@ -286,7 +317,7 @@ func (c *Client) Put(ctx context.Context, key, value string, opts ...Option) (*P
 	o := collect(opts)
 	req := &pb.PutRequest{Key: []byte(key), Value: []byte(value), PrevKv: o.prevKV}
 	var resp *pb.PutResponse
-	err := c.do(ctx, true, func(ctx context.Context, cc *grpc.ClientConn) (err error) {
+	err := c.doKey(ctx, true, req.Key, func(ctx context.Context, cc *grpc.ClientConn) (err error) {
 		resp, err = pb.NewKVClient(cc).Put(ctx, req)
 		return err
 	})
@@ -311,7 +342,7 @@ func (c *Client) Get(ctx context.Context, key string, opts ...Option) (*GetResul
 		req.SortOrder, req.SortTarget = pb.RangeRequest_ASCEND, pb.RangeRequest_KEY
 	}
 	var resp *pb.RangeResponse
-	err := c.do(ctx, false, func(ctx context.Context, cc *grpc.ClientConn) (err error) {
+	err := c.doKey(ctx, false, pointKey(req.Key, req.RangeEnd), func(ctx context.Context, cc *grpc.ClientConn) (err error) {
 		resp, err = pb.NewKVClient(cc).Range(ctx, req)
 		return err
 	})
@@ -330,7 +361,7 @@ func (c *Client) Delete(ctx context.Context, key string, opts ...Option) (*Delet
 	o := collect(opts)
 	req := &pb.DeleteRangeRequest{Key: []byte(key), RangeEnd: o.rangeEnd(key), PrevKv: o.prevKV}
 	var resp *pb.DeleteRangeResponse
-	err := c.do(ctx, true, func(ctx context.Context, cc *grpc.ClientConn) (err error) {
+	err := c.doKey(ctx, true, pointKey(req.Key, req.RangeEnd), func(ctx context.Context, cc *grpc.ClientConn) (err error) {
 		resp, err = pb.NewKVClient(cc).DeleteRange(ctx, req)
 		return err
 	})
@@ -349,7 +380,7 @@ func (c *Client) Append(ctx context.Context, key, value string) (*AppendResult, 
 	req := &pb.PutRequest{Key: []byte(key), Value: []byte(value)}
 	var resp pb.PutResponse
 	var hdr metadata.MD
-	err := c.do(ctx, true, func(ctx context.Context, cc *grpc.ClientConn) error {
+	err := c.doKey(ctx, true, req.Key, func(ctx context.Context, cc *grpc.ClientConn) error {
 		hdr = nil
 		return cc.Invoke(ctx, "/cairn.v1.Cairn/Append", req, &resp, grpc.Header(&hdr))
 	})
@@ -448,4 +479,12 @@ func (c *Client) MemberPromote(ctx context.Context, id uint64) error {
 		_, err := pb.NewClusterClient(cc).MemberPromote(ctx, &pb.MemberPromoteRequest{ID: id})
 		return err
 	})
+}
+
+// pointKey returns key if the request is about that one key, else nil.
+func pointKey(key, end []byte) []byte {
+	if len(end) != 0 {
+		return nil
+	}
+	return key
 }
