@@ -61,6 +61,10 @@ type groupSpec struct {
 	self      Member
 	bootstrap bool // bootstrap a new group from members
 	primary   bool // the process reports this group's metrics
+	// maxMessage bounds one peer message (0: the transport's default). A
+	// shard group's log carries whole shards when they move, so its
+	// messages must hold the largest shard.
+	maxMessage int
 }
 
 // startGroup opens the group's storage and starts its transport and Raft
@@ -113,8 +117,9 @@ func (s *Server) startGroup(spec groupSpec) (_ *group, err error) {
 		ClusterID: g.clusterID,
 		Listener:  spec.peerLn,
 		Handler:   handler,
-		Snapshots: storage,
-		Logger:    g.logger,
+		Snapshots:      storage,
+		Logger:         g.logger,
+		MaxMessageSize: spec.maxMessage,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("cannot start the peer transport of %s: %w", spec.label, err)

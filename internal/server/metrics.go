@@ -31,6 +31,8 @@ type metrics struct {
 	isLeader        prometheus.Gauge
 	hasLeader       prometheus.Gauge
 	keys            prometheus.Gauge
+	shardStates     *prometheus.GaugeVec // sharded: shards per group and state
+	shardKeys       *prometheus.GaugeVec // sharded: keys held per group
 	lastLeader      uint64
 }
 
@@ -53,6 +55,11 @@ func newMetrics() *metrics {
 		hasLeader:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "cairn_has_leader", Help: "1 if this member knows a leader."}),
 		keys:          prometheus.NewGauge(prometheus.GaugeOpts{Name: "cairn_keys", Help: "Keys in the store."}),
 	}
+	m.shardStates = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "cairn_shard_group_shards",
+		Help: "Shards this member's replica of a shard group holds, by state (serving, pulling, handing-off, gc-pending)."}, []string{"group", "state"})
+	m.shardKeys = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "cairn_shard_group_keys",
+		Help: "Keys held by this member's replica of a shard group, including frozen ones awaiting hand-off."}, []string{"group"})
+	m.reg.MustRegister(m.shardStates, m.shardKeys)
 	m.reg.MustRegister(m.proposals, m.proposalsFailed, m.fsync, m.snapshotBytes, m.leaderChanges, m.peerSent,
 		m.applied, m.committed, m.lastIndex, m.term, m.isLeader, m.hasLeader, m.keys,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))

@@ -100,6 +100,9 @@ func (g *group) memberList() []*pb.Member {
 }
 
 func (c *clusterService) MemberAdd(ctx context.Context, req *pb.MemberAddRequest) (*pb.MemberAddResponse, error) {
+	if c.s.sh != nil {
+		return nil, errShardedMembership
+	}
 	if len(req.PeerURLs) != 1 {
 		return nil, status.Error(codes.InvalidArgument, "cairn: a member has exactly one peer URL")
 	}
@@ -136,6 +139,9 @@ func (c *clusterService) MemberAdd(ctx context.Context, req *pb.MemberAddRequest
 }
 
 func (c *clusterService) MemberRemove(ctx context.Context, req *pb.MemberRemoveRequest) (*pb.MemberRemoveResponse, error) {
+	if c.s.sh != nil {
+		return nil, errShardedMembership
+	}
 	if _, ok := c.s.main.sm.memberTable()[req.ID]; !ok {
 		return nil, rpctypes.ErrGRPCMemberNotFound
 	}
@@ -154,6 +160,9 @@ func (c *clusterService) MemberRemove(ctx context.Context, req *pb.MemberRemoveR
 }
 
 func (c *clusterService) MemberPromote(ctx context.Context, req *pb.MemberPromoteRequest) (*pb.MemberPromoteResponse, error) {
+	if c.s.sh != nil {
+		return nil, errShardedMembership
+	}
 	m, ok := c.s.main.sm.memberTable()[req.ID]
 	if !ok {
 		return nil, rpctypes.ErrGRPCMemberNotFound
@@ -214,9 +223,11 @@ func (s *Server) peerClient(addr string) (*grpc.ClientConn, error) {
 	if cc, ok := s.conns[addr]; ok {
 		return cc, nil
 	}
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		// Shard data moves between members in one message.
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxShardBytes+1<<20)))
 	if err != nil {
-		return nil, status.Errorf(codes.Unavailable, "cairn: cannot reach leader at %s: %v", addr, err)
+		return nil, status.Errorf(codes.Unavailable, "cairn: cannot reach member at %s: %v", addr, err)
 	}
 	s.conns[addr] = cc
 	return cc, nil
@@ -245,6 +256,9 @@ func (g *group) confChange(ctx context.Context, cc raft.ConfChange) error {
 	}
 	return g.mapError(ctx, err)
 }
+
+var errShardedMembership = status.Error(codes.Unimplemented,
+	"cairn: membership changes of a sharded cluster are not supported yet; add capacity by starting a new shard group and 'cairn shard join'")
 
 func trimURL(u string) (string, error) {
 	for _, p := range []string{"http://", "https://"} {

@@ -43,6 +43,11 @@ type shardHost struct {
 	latest shard.Config
 }
 
+// MaxShardBytes bounds the encoded size of one shard: a moving shard
+// travels as one log entry of the receiving group, and so as one peer
+// message. With the default 64 shards that allows a 16 GiB cluster.
+const MaxShardBytes = 256 << 20
+
 // shardingFile records the shard count chosen when the data dir was made.
 const shardingFile = "sharding.json"
 
@@ -80,7 +85,7 @@ func (s *Server) startSharded(peerLn net.Listener, members []Member, self Member
 	}
 	s.sh = h
 	h.mux = transport.NewMux(peerLn, transport.MuxOptions{Logger: s.logger})
-	start := func(label, dir string, app application, primary bool) (*group, error) {
+	start := func(label, dir string, app application, primary bool, maxMessage int) (*group, error) {
 		cid := groupClusterID(s.cfg.ClusterToken, label)
 		ln, err := h.mux.Listener(cid)
 		if err != nil {
@@ -95,18 +100,19 @@ func (s *Server) startSharded(peerLn net.Listener, members []Member, self Member
 			members:   members,
 			self:      self,
 			bootstrap: s.cfg.InitialClusterState == "new",
-			primary:   primary,
+			primary:    primary,
+			maxMessage: maxMessage,
 		})
 	}
 	if s.cfg.Controller {
 		h.ctrlApp = newCtrlApp(nShards, s.cfg.SessionTTL)
-		if h.ctrl, err = start("controller", "controller", h.ctrlApp, true); err != nil {
+		if h.ctrl, err = start("controller", "controller", h.ctrlApp, true, 0); err != nil {
 			return err
 		}
 	}
 	for i, gid := range gids {
 		app := shardkv.New(gid, nShards, kv.Options{SessionTTL: s.cfg.SessionTTL})
-		g, err := start(fmt.Sprintf("group-%d", gid), strconv.FormatUint(uint64(gid), 10), app, h.ctrl == nil && i == 0)
+		g, err := start(fmt.Sprintf("group-%d", gid), strconv.FormatUint(uint64(gid), 10), app, h.ctrl == nil && i == 0, MaxShardBytes+1<<20)
 		if err != nil {
 			return err
 		}
@@ -194,11 +200,27 @@ func (h *shardHost) refreshLoop() {
 		}()
 		_, _ = h.refresh(ctx)
 		cancel()
+		h.observe()
 		select {
 		case <-h.s.stopped:
 			return
 		case <-t.C:
 		}
+	}
+}
+
+// observe updates the shard metrics.
+func (h *shardHost) observe() {
+	for gid, app := range h.apps {
+		label := strconv.FormatUint(uint64(gid), 10)
+		counts := map[shardkv.State]int{}
+		for _, st := range app.Status().States {
+			counts[st]++
+		}
+		for _, st := range []shardkv.State{shardkv.Serving, shardkv.Pulling, shardkv.HandingOff, shardkv.GCPending} {
+			h.s.metrics.shardStates.WithLabelValues(label, st.String()).Set(float64(counts[st]))
+		}
+		h.s.metrics.shardKeys.WithLabelValues(label).Set(float64(app.Stats().Keys))
 	}
 }
 

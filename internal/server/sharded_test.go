@@ -164,3 +164,72 @@ func TestShardedPutGetMove(t *testing.T) {
 		t.Fatalf("cross-shard txn: %v", err)
 	}
 }
+
+// TestShardedRestart restarts every member of a sharded cluster from its
+// data dir after snapshots were taken, and checks that the controller's
+// configurations, the shard groups' states and the data survive.
+func TestShardedRestart(t *testing.T) {
+	base := t.TempDir()
+	cfgs := make([]Config, 3)
+	var ic []string
+	for i := range cfgs {
+		cfgs[i] = testConfig(t, filepath.Join(base, fmt.Sprintf("m%d", i+1)))
+		cfgs[i].Name = fmt.Sprintf("m%d", i+1)
+		cfgs[i].ClusterToken = "restart-" + filepath.Base(base)
+		cfgs[i].Controller = true
+		cfgs[i].ShardGroups = "1,2"
+		cfgs[i].Shards = 8
+		cfgs[i].SnapshotCount = 20
+		cfgs[i].SnapshotCatchupEntries = 5
+		ic = append(ic, cfgs[i].Name+"="+cfgs[i].ListenPeer)
+	}
+	servers := make([]*Server, 3)
+	for i := range cfgs {
+		cfgs[i].InitialCluster = strings.Join(ic, ",")
+		s, err := Start(cfgs[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		servers[i] = s
+	}
+	addrs := func() []string {
+		var out []string
+		for _, s := range servers {
+			out = append(out, s.ClientAddr())
+		}
+		return out
+	}
+	ctrlCall(t, servers[0].ClientAddr(), &shard.Command{Op: shard.OpJoin, Groups: map[shard.GroupID][]string{1: addrs()}})
+	cl := etcdClient(t, servers[0].ClientAddr())
+	ctx := context.Background()
+	for i := range 100 {
+		if _, err := cl.Put(ctx, fmt.Sprintf("r%03d", i), fmt.Sprint(i)); err != nil {
+			t.Fatalf("put: %v", err)
+		}
+	}
+	cfg := ctrlCall(t, servers[0].ClientAddr(), &shard.Command{Op: shard.OpJoin, Groups: map[shard.GroupID][]string{2: addrs()}})
+	waitSettled(t, servers, cfg.Num)
+	cl.Close()
+	for _, s := range servers {
+		s.Stop()
+	}
+	// A different shard count is refused.
+	bad := restartConfig(t, cfgs[0])
+	bad.Shards = 16
+	if _, err := Start(bad); err == nil || !strings.Contains(err.Error(), "--shards 8") {
+		t.Fatalf("restart with another shard count: %v", err)
+	}
+	for i := range cfgs {
+		servers[i] = start(t, restartConfig(t, cfgs[i]))
+	}
+	waitSettled(t, servers, cfg.Num)
+	cl = etcdClient(t, servers[2].ClientAddr())
+	resp, err := cl.Get(ctx, "r", clientv3.WithPrefix())
+	if err != nil || resp.Count != 100 || len(resp.Kvs) != 100 {
+		t.Fatalf("after restart: %v keys, err %v", resp.Count, err)
+	}
+	got := ctrlCall(t, servers[1].ClientAddr(), &shard.Command{Op: shard.OpQuery, Num: -1})
+	if !got.Equal(cfg) {
+		t.Fatalf("controller after restart: %+v, want %+v", got, cfg)
+	}
+}

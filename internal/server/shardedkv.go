@@ -129,6 +129,9 @@ func (k *shardedKV) DeleteRange(ctx context.Context, req *pb.DeleteRangeRequest)
 	// A ranged delete runs in every group, each deleting the keys of the
 	// shards it serves. It is not atomic across groups.
 	cfg := h.config()
+	if cfg.Num == 0 {
+		cfg, _ = h.refresh(ctx)
+	}
 	parts, err := scatter(ctx, h, cfg.GroupIDs(), local, remote)
 	if err != nil {
 		return nil, err
@@ -234,6 +237,9 @@ func routeShard[T any](ctx context.Context, h *shardHost, sh int,
 	backoff := 10 * time.Millisecond
 	for {
 		cfg := h.config()
+		if cfg.Num == 0 {
+			cfg, _ = h.refresh(ctx) // a member that has just started
+		}
 		owner := cfg.Shards[sh]
 		var out T
 		var err error
@@ -323,6 +329,9 @@ func (h *shardHost) gatherRange(ctx context.Context, req *pb.RangeRequest) (*pb.
 	backoff := 10 * time.Millisecond
 	for {
 		cfg := h.config()
+		if cfg.Num == 0 {
+			cfg, _ = h.refresh(ctx) // a member that has just started
+		}
 		gids := cfg.GroupIDs()
 		served := make([][]bool, len(gids))
 		var mu sync.Mutex

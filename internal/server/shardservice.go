@@ -103,6 +103,9 @@ func (s *Server) shardRPC(ctx context.Context, method string, req []byte) ([]byt
 				return nil, status.Error(codes.Unavailable, "cairn: "+err.Error())
 			case err != nil:
 				return nil, status.Error(codes.FailedPrecondition, "cairn: "+err.Error())
+			case len(blob) > MaxShardBytes:
+				s.logger.Error("shard too large to move", "group", gid, "shard", sh, "bytes", len(blob), "limit", MaxShardBytes)
+				return nil, status.Errorf(codes.ResourceExhausted, "cairn: shard %d of group %d holds %d bytes, more than the %d a move can carry", sh, gid, len(blob), MaxShardBytes)
 			}
 			return blob, nil
 		}
