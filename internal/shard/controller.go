@@ -221,6 +221,11 @@ func (c *Controller) exec(cmd *Command) session {
 		for _, gid := range cmd.GIDs {
 			delete(next.Groups, gid)
 		}
+		if len(next.Groups) == 0 {
+			// The shards' data would have no group to move to, and a
+			// group joining later would start them empty.
+			return refuse(codeInvalidCommand, "leave would remove every group; join another group first so the shards' data has somewhere to go")
+		}
 		next.Shards = Rebalance(latest.Shards, next.GroupIDs())
 		return c.commit(next)
 	case OpMove:

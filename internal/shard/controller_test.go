@@ -29,8 +29,8 @@ func TestControllerSequence(t *testing.T) {
 		// Counts 2:4 3:6; 10 = 3+3+2+2 with the 3s for the fuller groups,
 		// so only 4 shards move (3 gives up 3, 2 gives up 1).
 		{"join two at once after a move", join(4, 5), []GroupID{3, 2, 3, 3, 4, 2, 2, 4, 5, 5}, []GroupID{2, 3, 4, 5}},
-		{"leave all", leave(5, 3, 2, 4), make([]GroupID, 10), nil},
-		{"join after empty", join(9), []GroupID{9, 9, 9, 9, 9, 9, 9, 9, 9, 9}, []GroupID{9}},
+		{"leave all but one", leave(3, 2, 4), []GroupID{5, 5, 5, 5, 5, 5, 5, 5, 5, 5}, []GroupID{5}},
+		{"join after one", join(9), []GroupID{5, 5, 5, 5, 5, 9, 9, 9, 9, 9}, []GroupID{5, 9}},
 	}
 	for i, st := range steps {
 		cfg := mustApply(t, c, st.cmd)
@@ -51,6 +51,11 @@ func TestControllerSequence(t *testing.T) {
 		if !c.Query(-1).Equal(cfg) {
 			t.Fatalf("%s: Query(-1) is not the new config", st.name)
 		}
+	}
+
+	// Leaving every group is refused: the shards' data would be lost.
+	if r := c.Apply(leave(5, 9).Marshal()); !errors.Is(r.Err, ErrInvalidCommand) || c.Query(-1).Num != uint64(len(steps)) {
+		t.Fatalf("leave every group: %v, latest %d", r.Err, c.Query(-1).Num)
 	}
 
 	// Queries, by method and by command; none makes a configuration.

@@ -127,7 +127,7 @@ func randomScenario(seed uint64) scenario {
 				}
 			}
 		case OpLeave:
-			ok := true
+			ok := len(cmd.GIDs) < len(live) // leaving every group is refused
 			for _, gid := range cmd.GIDs {
 				ok = ok && live[gid]
 			}
