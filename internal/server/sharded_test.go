@@ -233,3 +233,14 @@ func TestShardedRestart(t *testing.T) {
 		t.Fatalf("controller after restart: %+v, want %+v", got, cfg)
 	}
 }
+
+func TestShardedBeforeJoin(t *testing.T) {
+	servers := startShardedCluster(t, 1, "1", 4)
+	cl := etcdClient(t, servers[0].ClientAddr())
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := cl.Put(ctx, "a", "b")
+	if err == nil || !strings.Contains(err.Error(), "no shard group has joined") {
+		t.Fatalf("put before any join: %v", err)
+	}
+}

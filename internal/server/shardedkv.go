@@ -238,7 +238,11 @@ func routeShard[T any](ctx context.Context, h *shardHost, sh int,
 	for {
 		cfg := h.config()
 		if cfg.Num == 0 {
-			cfg, _ = h.refresh(ctx) // a member that has just started
+			var rerr error
+			cfg, rerr = h.refresh(ctx) // a member that has just started
+			if rerr == nil && cfg.Num == 0 {
+				return zero, errNoGroups
+			}
 		}
 		owner := cfg.Shards[sh]
 		var out T
@@ -263,6 +267,10 @@ func routeShard[T any](ctx context.Context, h *shardHost, sh int,
 		_, _ = h.refresh(ctx)
 	}
 }
+
+// errNoGroups answers requests before the first group joined.
+var errNoGroups = status.Error(codes.FailedPrecondition,
+	"cairn: no shard group has joined this sharded cluster yet; add one with 'cairn shard join GID=addr,...'")
 
 // callRemote calls a group's members in turn until one answers.
 func callRemote[T any](ctx context.Context, h *shardHost, gid shard.GroupID, addrs []string,
