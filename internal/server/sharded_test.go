@@ -144,6 +144,11 @@ func TestShardedPutGetMove(t *testing.T) {
 	if err != nil || len(resp.Kvs) != 10 || resp.Count != 100 || !resp.More || string(resp.Kvs[0].Key) != "k000" || string(resp.Kvs[9].Key) != "k009" {
 		t.Fatalf("prefix get: %v %v", resp, err)
 	}
+	// Other sort orders sort the merged parts before the limit.
+	resp, err = cl.Get(ctx, "k", clientv3.WithPrefix(), clientv3.WithLimit(3), clientv3.WithSort(clientv3.SortByValue, clientv3.SortDescend))
+	if err != nil || len(resp.Kvs) != 3 || string(resp.Kvs[0].Value) != "99" || string(resp.Kvs[2].Value) != "97" || !resp.More {
+		t.Fatalf("sorted prefix get: %v %v", resp, err)
+	}
 	// Every group holds exactly the keys of its shards.
 	st := hostStatusOf(t, servers[2].ClientAddr())
 	total := 0

@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/hex"
 	"fmt"
@@ -327,8 +328,11 @@ func scatter[T any](ctx context.Context, h *shardHost, gids []shard.GroupID,
 // transit), the whole gather is retried with a newer configuration.
 func (h *shardHost) gatherRange(ctx context.Context, req *pb.RangeRequest) (*pb.RangeResponse, error) {
 	sub := *req
-	fullSort := !(req.SortOrder == pb.RangeRequest_NONE ||
-		(req.SortOrder == pb.RangeRequest_ASCEND && req.SortTarget == pb.RangeRequest_KEY))
+	order := req.SortOrder
+	if req.SortTarget != pb.RangeRequest_KEY && order == pb.RangeRequest_NONE {
+		order = pb.RangeRequest_ASCEND // as etcd: a sort target implies ascending
+	}
+	fullSort := !(order == pb.RangeRequest_NONE || (order == pb.RangeRequest_ASCEND && req.SortTarget == pb.RangeRequest_KEY))
 	if fullSort {
 		sub.Limit = 0 // each group's top few are not the merged top few
 	}
@@ -369,7 +373,7 @@ func (h *shardHost) gatherRange(ctx context.Context, req *pb.RangeRequest) (*pb.
 			return resp, err
 		})
 		if err == nil && covered(cfg, served) {
-			return h.mergeRange(req, parts, fullSort), nil
+			return h.mergeRange(req, order, parts, fullSort), nil
 		}
 		if err != nil && !isWrongGroup(err) {
 			return nil, err
@@ -408,7 +412,7 @@ func covered(cfg shard.Config, served [][]bool) bool {
 	return true
 }
 
-func (h *shardHost) mergeRange(req *pb.RangeRequest, parts []*pb.RangeResponse, fullSort bool) *pb.RangeResponse {
+func (h *shardHost) mergeRange(req *pb.RangeRequest, order pb.RangeRequest_SortOrder, parts []*pb.RangeResponse, fullSort bool) *pb.RangeResponse {
 	out := &pb.RangeResponse{}
 	for _, p := range parts {
 		out.Count += p.Count
@@ -420,7 +424,7 @@ func (h *shardHost) mergeRange(req *pb.RangeRequest, parts []*pb.RangeResponse, 
 	}
 	slices.SortFunc(out.Kvs, func(a, b *mvccpb.KeyValue) int { return bytes.Compare(a.Key, b.Key) })
 	if fullSort {
-		sortKVs(out.Kvs, req.SortOrder, req.SortTarget)
+		sortKVs(out.Kvs, order, req.SortTarget)
 	}
 	if req.Limit > 0 && int64(len(out.Kvs)) > req.Limit {
 		out.Kvs = out.Kvs[:req.Limit]
@@ -436,34 +440,24 @@ func (h *shardHost) mergeRange(req *pb.RangeRequest, parts []*pb.RangeResponse, 
 // sortKVs orders key-sorted kvs as etcd's sort options ask; ties keep key
 // order.
 func sortKVs(kvs []*mvccpb.KeyValue, order pb.RangeRequest_SortOrder, target pb.RangeRequest_SortTarget) {
-	cmp := func(a, b *mvccpb.KeyValue) int {
+	by := func(a, b *mvccpb.KeyValue) int {
 		switch target {
 		case pb.RangeRequest_VERSION:
-			return compareInt(a.Version, b.Version)
+			return cmp.Compare(a.Version, b.Version)
 		case pb.RangeRequest_CREATE:
-			return compareInt(a.CreateRevision, b.CreateRevision)
+			return cmp.Compare(a.CreateRevision, b.CreateRevision)
 		case pb.RangeRequest_MOD:
-			return compareInt(a.ModRevision, b.ModRevision)
+			return cmp.Compare(a.ModRevision, b.ModRevision)
 		case pb.RangeRequest_VALUE:
 			return bytes.Compare(a.Value, b.Value)
 		}
 		return bytes.Compare(a.Key, b.Key)
 	}
 	if order == pb.RangeRequest_DESCEND {
-		slices.SortStableFunc(kvs, func(a, b *mvccpb.KeyValue) int { return -cmp(a, b) })
+		slices.SortStableFunc(kvs, func(a, b *mvccpb.KeyValue) int { return -by(a, b) })
 		return
 	}
-	slices.SortStableFunc(kvs, cmp)
-}
-
-func compareInt(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
+	slices.SortStableFunc(kvs, by)
 }
 
 func encodeServed(served []bool) string {
