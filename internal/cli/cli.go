@@ -27,6 +27,7 @@ func commands() map[string]command {
 		"append":  {"append to a key's value: append KEY VALUE", runAppend},
 		"status":  {"show each endpoint's member, leader, term and indexes", runStatus},
 		"member":  {"list, add, remove or promote members", runMember},
+		"shard":   {"sharded clusters: join, leave, move, config", runShard},
 		"dev":     {"run a local 3-member cluster until Ctrl-C", runDev},
 		"demo":    {"start a cluster, kill its leader, show nothing is lost", runDemo},
 		"chaos":   {"fault-test a containerized cluster (Docker) from a seed", runChaos},

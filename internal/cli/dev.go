@@ -34,8 +34,10 @@ func runDev(args []string, stdout, stderr io.Writer) int {
 	dir := fs.String("data-dir", "cairn-dev", "directory for the members' data and logs (kept between runs)")
 	members := fs.Int("members", 3, "number of members")
 	port := fs.Int("port", 2379, "first client port; member i uses port+10000*i for clients and that +1 for peers")
+	groups := fs.Int("groups", 0, "start a sharded cluster: every member hosts the shard controller and shard groups 1..N, which are joined (0: unsharded)")
+	shards := fs.Int("shards", 0, "with --groups: the number of shards (0: the server's default, 64)")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: cairn dev [--data-dir DIR] [--members N] [--port P]\n\nStarts a local cluster of real cairn server processes and keeps it running until Ctrl-C.")
+		fmt.Fprintln(stderr, "usage: cairn dev [--data-dir DIR] [--members N] [--port P] [--groups N [--shards S]]\n\nStarts a local cluster of real cairn server processes and keeps it running until Ctrl-C.")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -48,12 +50,24 @@ func runDev(args []string, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return 2
 	}
+	switch {
+	case *groups < 0:
+		fmt.Fprintf(stderr, "cairn dev: --groups must be at least 1 for a sharded cluster (or 0), not %d\n", *groups)
+		return 2
+	case *shards < 0:
+		fmt.Fprintf(stderr, "cairn dev: --shards must be positive, not %d\n", *shards)
+		return 2
+	case *shards > 0 && *groups == 0:
+		fmt.Fprintln(stderr, "cairn dev: --shards needs --groups (a sharded cluster)")
+		return 2
+	}
 	var ports []int
 	for i := range *members {
 		ports = append(ports, *port+10000*i)
 	}
 	abs, _ := filepath.Abs(*dir)
-	c, err := devcluster.Start(devcluster.Options{Dir: abs, Members: *members, Ports: ports, Token: "cairn-dev"})
+	c, err := devcluster.Start(devcluster.Options{Dir: abs, Members: *members, Ports: ports, Token: "cairn-dev",
+		Groups: *groups, Shards: *shards})
 	if err != nil {
 		fmt.Fprintf(stderr, "cairn dev: %v\n", err)
 		return 1
@@ -61,19 +75,38 @@ func runDev(args []string, stdout, stderr io.Writer) int {
 	defer c.StopAll()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	err = c.WaitReady(rctx, probeRead)
+	rctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	var cfg client.ShardConfig
+	if *groups > 0 {
+		cfg, err = c.JoinAll(rctx)
+	} else {
+		err = c.WaitReady(rctx, probeRead)
+	}
 	cancel()
 	if err != nil {
 		fmt.Fprintf(stderr, "cairn dev: %v\n", err)
 		return 1
 	}
 	eps := strings.Join(c.Endpoints(), ",")
-	fmt.Fprintf(stdout, "Cairn dev cluster: %d members, data and logs in %s\n\n", *members, abs)
+	if *groups > 0 {
+		fmt.Fprintf(stdout, "Cairn sharded dev cluster: %d members, each hosting the shard controller and groups %s; data and logs in %s\n\n",
+			*members, rangesU(c.GroupIDs()), abs)
+	} else {
+		fmt.Fprintf(stdout, "Cairn dev cluster: %d members, data and logs in %s\n\n", *members, abs)
+	}
 	for _, m := range c.Members {
 		fmt.Fprintf(stdout, "  %s  client %s  peer %s  log %s\n", m.Name, m.ClientAddr, m.PeerAddr, m.LogPath)
 	}
+	if *groups > 0 {
+		fmt.Fprintf(stdout, "\nShard configuration %d: %d shards over %d groups.\n", cfg.Num, len(cfg.Shards), len(cfg.Groups))
+	}
 	fmt.Fprintf(stdout, "\nTry:\n  export CAIRN_ENDPOINTS=%s\n  go run ./cmd/cairn put greeting hello\n  go run ./cmd/cairn get greeting\n  go run ./cmd/cairn status\n", eps)
+	if *groups > 0 {
+		fmt.Fprintln(stdout, "  go run ./cmd/cairn shard config")
+		if *groups > 1 {
+			fmt.Fprintln(stdout, "  go run ./cmd/cairn shard move 3 2      # move shard 3 to group 2, then watch 'cairn status'")
+		}
+	}
 	fmt.Fprintf(stdout, "  etcdctl --endpoints=%s put foo bar && etcdctl --endpoints=%s get foo\n", eps, eps)
 	fmt.Fprintln(stdout, "\nCtrl-C stops the cluster.")
 	dead := make(chan int, len(c.Members))
@@ -91,6 +124,15 @@ func runDev(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "cairn dev: member %s exited unexpectedly; last log lines:\n%s\n", c.Members[i].Name, c.Log(i, 2000))
 		return 1
 	}
+}
+
+// rangesU is ranges for group IDs.
+func rangesU(ids []uint64) string {
+	var s []int
+	for _, id := range ids {
+		s = append(s, int(id))
+	}
+	return ranges(s)
 }
 
 // runDemo is the README's first command: it shows a cluster surviving the

@@ -86,11 +86,21 @@ func clientCommand(name, usage string, minArgs, maxArgs int, setup func(fs *flag
 		defer cancel()
 		if err := f(ctx, cl, &cf, fs.Args(), stdout); err != nil {
 			fmt.Fprintf(stderr, "cairn %s: %v\n", name, err)
+			var ue usageError
+			if errors.As(err, &ue) {
+				return 2
+			}
 			return 1
 		}
 		return 0
 	}
 }
+
+// usageError marks a malformed argument found by a command's function:
+// the command exits with status 2, as for a flag error.
+type usageError struct{ error }
+
+func usageErrorf(format string, a ...any) error { return usageError{fmt.Errorf(format, a...)} }
 
 func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
@@ -187,17 +197,33 @@ func runDel(args []string, stdout, stderr io.Writer) int {
 	})(args, stdout, stderr)
 }
 
+// statusJSON is one endpoint in `cairn status --json`: the member's
+// status, plus its shard groups when the cluster is sharded.
+type statusJSON struct {
+	*client.Status
+	Shard *client.ShardHostStatus `json:"Shard,omitempty"`
+}
+
 var runStatus = clientCommand("status", "", 0, 0, nil,
 	func(ctx context.Context, cl *client.Client, cf *clientFlags, args []string, out io.Writer) error {
-		var all []*client.Status
+		var all []statusJSON
 		var failed []string
+		sharded := false
 		for _, ep := range cf.list() {
 			st, err := cl.Status(ctx, ep)
 			if err != nil {
 				failed = append(failed, fmt.Sprintf("%s: %v", ep, err))
 				continue
 			}
-			all = append(all, st)
+			one := statusJSON{Status: st}
+			sh, err := cl.ShardStatus(ctx, ep)
+			switch {
+			case err == nil:
+				one.Shard, sharded = sh, true
+			case !errors.Is(err, client.ErrNotSharded):
+				failed = append(failed, fmt.Sprintf("%s: shard status: %v", ep, err))
+			}
+			all = append(all, one)
 		}
 		if cf.json {
 			if err := printJSON(out, all); err != nil {
@@ -206,17 +232,46 @@ var runStatus = clientCommand("status", "", 0, 0, nil,
 		} else {
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "ENDPOINT\tMEMBER\tLEADER\tTERM\tRAFT INDEX\tAPPLIED\tREVISION\tDB SIZE\tERRORS")
-			for _, st := range all {
+			for _, one := range all {
+				st := one.Status
 				fmt.Fprintf(tw, "%s\t%x\t%x\t%d\t%d\t%d\t%d\t%d\t%s\n", st.Endpoint, st.MemberID, st.Leader, st.Term,
 					st.RaftIndex, st.AppliedIndex, st.Revision, st.DBSize, strings.Join(st.Errors, "; "))
 			}
 			tw.Flush()
+			if sharded {
+				printShardStatus(out, all)
+			}
 		}
 		if len(failed) > 0 {
 			return fmt.Errorf("unreachable: %s", strings.Join(failed, ", "))
 		}
 		return nil
 	})
+
+// printShardStatus prints each endpoint's shard group replicas.
+func printShardStatus(out io.Writer, all []statusJSON) {
+	fmt.Fprintln(out, "\nshard groups (the table above shows the controller's Raft group):")
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ENDPOINT\tGROUP\tLEADER\tCONFIG\tSERVING\tPULLING\tHANDING OFF\tAWAITING GC\tKEYS")
+	for _, one := range all {
+		sh := one.Shard
+		if sh == nil {
+			continue
+		}
+		if len(sh.Groups) == 0 {
+			fmt.Fprintf(tw, "%s\t-\t\t%d\t\t\t\t\t\n", one.Endpoint, sh.Latest)
+		}
+		for _, g := range sh.Groups {
+			leader := "no"
+			if g.Leader {
+				leader = "yes"
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d\t%s\t%s\t%s\t%d\n", one.Endpoint, g.GID, leader, g.Config,
+				len(g.Serving), ranges(g.Pulling), ranges(g.Handing), ranges(g.GCWait), g.Keys)
+		}
+	}
+	tw.Flush()
+}
 
 func runMember(args []string, stdout, stderr io.Writer) int {
 	usage := func() int {

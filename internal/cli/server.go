@@ -37,6 +37,25 @@ func bindServerFlags(fs *flag.FlagSet, cfg *server.Config, logLevel *string) {
 	fs.IntVar(&cfg.MaxRequestBytes, "max-request-bytes", cfg.MaxRequestBytes, "largest client request accepted")
 	fs.DurationVar(&cfg.RequestTimeout, "request-timeout", cfg.RequestTimeout, "how long a write waits to apply before the client is told the outcome is unknown")
 	fs.StringVar(logLevel, "log-level", *logLevel, "debug, info, warn or error")
+	fs.BoolVar(&cfg.Controller, "controller", cfg.Controller, "sharded mode: host a replica of the shard controller (every --initial-cluster member must too)")
+	fs.StringVar(&cfg.ShardGroups, "shard-groups", cfg.ShardGroups, "sharded mode: shard group IDs to host a replica of, e.g. 1,2,3 (every --initial-cluster member hosts the same)")
+	fs.StringVar(&cfg.ControllerEndpoints, "controller-endpoints", cfg.ControllerEndpoints, "sharded mode without --controller: client addresses (host:port,...) of controller members")
+	fs.IntVar(&cfg.Shards, "shards", cfg.Shards, "sharded mode: number of shards, fixed when the data dir is created")
+}
+
+// checkShardFlags rejects sharding flags that would be silently ignored
+// because the process is not sharded. set names the flags given on the
+// command line or through CAIRN_* variables.
+func checkShardFlags(cfg *server.Config, set map[string]bool) error {
+	if cfg.Sharded() {
+		return nil
+	}
+	for _, f := range []string{"controller-endpoints", "shards"} {
+		if set[f] {
+			return fmt.Errorf("--%s applies only to a sharded server; add --controller or --shard-groups", f)
+		}
+	}
+	return nil
 }
 
 // applyEnv sets flags from CAIRN_* variables for flags not given on the
@@ -80,7 +99,16 @@ func runServer(args []string, stdout, stderr io.Writer) int {
 	bindServerFlags(fs, &cfg, &logLevel)
 	version := fs.Bool("version", false, "print the version and exit")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: cairn server [flags]\n\nRuns one member of a Cairn key/value cluster. Flags can also be set as CAIRN_<FLAG> environment variables.")
+		fmt.Fprintln(stderr, `usage: cairn server [flags]
+
+Runs one member of a Cairn key/value cluster. Flags can also be set as
+CAIRN_<FLAG> environment variables.
+
+Sharded mode: with --controller and/or --shard-groups the process hosts a
+replica of the shard controller and of the listed shard groups, all behind
+its one client and one peer port. Start every member with the same
+--controller, --shard-groups and --shards, then add the groups with
+'cairn shard join' (see docs/operations.md, "Sharded clusters").`)
 		fs.PrintDefaults()
 	}
 	if err := parseWithEnv(fs, args); err != nil {
@@ -97,6 +125,12 @@ func runServer(args []string, stdout, stderr io.Writer) int {
 	}
 	if fs.NArg() != 0 {
 		fmt.Fprintf(stderr, "cairn server: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if err := checkShardFlags(&cfg, set); err != nil {
+		fmt.Fprintf(stderr, "cairn server: %v\n", err)
 		return 2
 	}
 	level, err := parseLogLevel(logLevel)

@@ -33,6 +33,14 @@ type Options struct {
 	ExtraArgs []string
 	// Token is the cluster token. Default derived from Dir.
 	Token string
+	// Groups, when at least 1, makes the cluster sharded: every member
+	// hosts a replica of the shard controller and of shard groups 1 to
+	// Groups (--controller --shard-groups 1,...,Groups). Default 0: an
+	// unsharded cluster. StartSharded also joins the groups.
+	Groups int
+	// Shards is the sharded cluster's shard count (--shards); 0 leaves the
+	// server's default.
+	Shards int
 }
 
 // Member is one server process.
@@ -62,6 +70,9 @@ type Cluster struct {
 // Start launches the members and returns without waiting for a leader;
 // call WaitReady for that.
 func Start(opts Options) (*Cluster, error) {
+	if opts.Groups < 0 || opts.Shards < 0 {
+		return nil, fmt.Errorf("devcluster: Groups (%d) and Shards (%d) must not be negative", opts.Groups, opts.Shards)
+	}
 	if opts.Members == 0 {
 		opts.Members = 3
 	}
@@ -156,6 +167,7 @@ func (c *Cluster) Restart(i int) error {
 		"--initial-cluster", c.initial,
 		"--cluster-token", c.opts.Token,
 	}, c.opts.ExtraArgs...)
+	args = append(args, c.shardArgs()...)
 	if m.existing {
 		args = append(args, "--initial-cluster-state", "existing")
 	}

@@ -113,10 +113,10 @@ func (s *Server) startGroup(spec groupSpec) (_ *group, err error) {
 	g.sm = newStateMachine(g.id, spec.app, spec.members)
 	handler := &lateHandler{}
 	g.transport, err = transport.New(transport.Config{
-		ID:        g.id,
-		ClusterID: g.clusterID,
-		Listener:  spec.peerLn,
-		Handler:   handler,
+		ID:             g.id,
+		ClusterID:      g.clusterID,
+		Listener:       spec.peerLn,
+		Handler:        handler,
 		Snapshots:      storage,
 		Logger:         g.logger,
 		MaxMessageSize: spec.maxMessage,

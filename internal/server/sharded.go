@@ -92,14 +92,14 @@ func (s *Server) startSharded(peerLn net.Listener, members []Member, self Member
 			return nil, err
 		}
 		return s.startGroup(groupSpec{
-			label:     label,
-			raftDir:   filepath.Join(s.dir.path, "groups", dir, "raft"),
-			clusterID: cid,
-			peerLn:    ln,
-			app:       app,
-			members:   members,
-			self:      self,
-			bootstrap: s.cfg.InitialClusterState == "new",
+			label:      label,
+			raftDir:    filepath.Join(s.dir.path, "groups", dir, "raft"),
+			clusterID:  cid,
+			peerLn:     ln,
+			app:        app,
+			members:    members,
+			self:       self,
+			bootstrap:  s.cfg.InitialClusterState == "new",
 			primary:    primary,
 			maxMessage: maxMessage,
 		})
