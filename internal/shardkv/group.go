@@ -189,6 +189,10 @@ type DeleteResult struct {
 func (g *Group) Apply(index uint64, payload []byte) any {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if applied := g.store.AppliedIndex(); index <= applied {
+		// Replayed: every entry takes effect once, as in kv.Store.
+		return &kv.Result{Err: fmt.Errorf("%w: index %d, applied index %d", kv.ErrIndexApplied, index, applied)}
+	}
 	if len(payload) == 0 {
 		g.store.RecordIndex(index)
 		return nil
