@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cairn-db/cairn/internal/gctune"
 	"github.com/cairn-db/cairn/internal/server"
 )
 
@@ -98,6 +99,7 @@ func runServer(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	bindServerFlags(fs, &cfg, &logLevel)
 	version := fs.Bool("version", false, "print the version and exit")
+	gcHeadroom := fs.Int("gc-headroom-mb", 96, "heap growth allowed between garbage collections once the data is large (MiB); 0 keeps Go's default GOGC=100, as does a GOGC environment variable")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, `usage: cairn server [flags]
 
@@ -133,6 +135,10 @@ its one client and one peer port. Start every member with the same
 		fmt.Fprintf(stderr, "cairn server: %v\n", err)
 		return 2
 	}
+	if *gcHeadroom < 0 {
+		fmt.Fprintf(stderr, "cairn server: --gc-headroom-mb must be 0 (off) or positive, not %d\n", *gcHeadroom)
+		return 2
+	}
 	level, err := parseLogLevel(logLevel)
 	if err != nil {
 		fmt.Fprintf(stderr, "cairn server: --log-level %q: want debug, info, warn or error\n", logLevel)
@@ -146,6 +152,11 @@ its one client and one peer port. Start every member with the same
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if *gcHeadroom > 0 {
+		// A member's live heap is its data: keep the collector's headroom
+		// near a fixed size instead of doubling the data (docs/operations.md).
+		go gctune.Run(ctx, gctune.Options{Headroom: uint64(*gcHeadroom) << 20, Logger: cfg.Logger})
+	}
 	select {
 	case <-ctx.Done():
 		cfg.Logger.Info("shutting down")

@@ -1,0 +1,5 @@
+package gctune
+
+import "os"
+
+func unsetenv(k string) error { return os.Unsetenv(k) }
