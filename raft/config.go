@@ -44,6 +44,16 @@ type Config struct {
 	// majority within an election timeout, and makes followers ignore
 	// vote requests while they believe a leader is alive (thesis §6.2).
 	CheckQuorum bool
+	// AsyncStorageWrites lets the driver persist a Ready after Advance,
+	// on another goroutine, while the core goes on stepping messages and
+	// proposals. The driver then reports each write durable with
+	// RawNode.AckWrite(rd.Ack), in the order the Readies were handed out.
+	// Until that ack the core treats the write as in progress: the leader
+	// does not count its own entries towards a commit quorum, a candidate
+	// does not count its own vote, and committed entries are handed out
+	// only up to the last locally durable index. Without it, Advance
+	// itself reports the Ready persisted (the synchronous contract).
+	AsyncStorageWrites bool
 	// Rand supplies election jitter. Pass a seeded source for
 	// reproducible runs. Default: a PCG seeded from ID.
 	Rand *rand.Rand

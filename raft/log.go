@@ -30,6 +30,7 @@ func newLog(storage Storage, maxApplyBytes uint64) (*raftLog, error) {
 	}
 	l := &raftLog{storage: storage, maxApplyBytes: maxApplyBytes}
 	l.unstable.offset = last + 1
+	l.unstable.inProgress = last + 1
 	// Everything up to the snapshot is committed and applied by definition.
 	l.committed = first - 1
 	l.applied = first - 1
@@ -272,23 +273,34 @@ func (l *raftLog) appliedTo(i uint64) {
 	l.applied = i
 }
 
-func (l *raftLog) hasNextCommittedEnts() bool {
+// applyLimit is the highest index that may be handed out for applying:
+// the commit index, and with allowUnstable false (asynchronous storage
+// writes) no further than what is durable locally.
+func (l *raftLog) applyLimit(allowUnstable bool) uint64 {
+	if allowUnstable {
+		return l.committed
+	}
+	return min(l.committed, l.lastStableIndex())
+}
+
+func (l *raftLog) hasNextCommittedEnts(allowUnstable bool) bool {
 	if l.unstable.snapshot != nil {
 		return false
 	}
-	return l.committed > max(l.applied, l.firstIndex()-1)
+	return l.applyLimit(allowUnstable) > max(l.applied, l.firstIndex()-1)
 }
 
 // nextCommittedEnts returns committed entries not yet applied. None are
 // returned while a snapshot waits to be installed: it must go first.
-func (l *raftLog) nextCommittedEnts() []Entry {
-	if !l.hasNextCommittedEnts() {
+func (l *raftLog) nextCommittedEnts(allowUnstable bool) []Entry {
+	if !l.hasNextCommittedEnts(allowUnstable) {
 		return nil
 	}
 	off := max(l.applied+1, l.firstIndex())
-	ents, err := l.slice(off, l.committed+1, l.maxApplyBytes)
+	hi := l.applyLimit(allowUnstable)
+	ents, err := l.slice(off, hi+1, l.maxApplyBytes)
 	if err != nil {
-		panic(fmt.Sprintf("raft: committed entries [%d,%d]: %v", off, l.committed, err))
+		panic(fmt.Sprintf("raft: committed entries [%d,%d]: %v", off, hi, err))
 	}
 	return ents
 }
@@ -307,10 +319,56 @@ func (l *raftLog) restore(s Snapshot) {
 
 // unstable holds what the core has decided but the driver has not yet
 // reported durable: an incoming snapshot, then entries from offset on.
+//
+// With asynchronous storage writes, part of it is in progress: handed to
+// the driver in a Ready (which persists it later) but not yet
+// acknowledged. Entries below inProgress, and the snapshot if
+// snapInProgress, are in progress; the next Ready carries only the rest.
+// A truncation below inProgress moves it back, so the replacing entries
+// are handed out again (the driver's writes are ordered, so the later
+// write wins on disk).
+//
+// epoch counts truncations of entries already handed out. An ack for a
+// write handed out in an earlier epoch says nothing reliable about the
+// entries: a later write may be rewriting them, possibly with entries of
+// the same index and term as before (a log can go from term 2 to 3 and
+// back to 2 at one index under successive leaders). Such acks are
+// ignored; the ack of the write that carries the replacement covers them.
 type unstable struct {
-	snapshot *Snapshot
-	entries  []Entry
-	offset   uint64
+	snapshot       *Snapshot
+	entries        []Entry
+	offset         uint64
+	inProgress     uint64
+	snapInProgress bool
+	epoch          uint64
+}
+
+// nextEntries returns the entries not yet handed to the driver.
+func (u *unstable) nextEntries() []Entry {
+	start := max(u.inProgress, u.offset)
+	if end := u.offset + uint64(len(u.entries)); start >= end {
+		return nil
+	}
+	return u.entries[start-u.offset:]
+}
+
+// nextSnapshot returns the snapshot if it is not yet handed to the driver.
+func (u *unstable) nextSnapshot() *Snapshot {
+	if u.snapshot == nil || u.snapInProgress {
+		return nil
+	}
+	return u.snapshot
+}
+
+// acceptInProgress records that everything up to entry index last (and
+// the snapshot at snapIndex, if non-zero) has been handed to the driver.
+func (u *unstable) acceptInProgress(last, snapIndex uint64) {
+	if snapIndex != 0 && u.snapshot != nil && u.snapshot.Meta.Index == snapIndex {
+		u.snapInProgress = true
+	}
+	if last != 0 && last+1 > u.inProgress {
+		u.inProgress = last + 1
+	}
 }
 
 func (u *unstable) maybeFirstIndex() (uint64, bool) {
@@ -346,7 +404,10 @@ func (u *unstable) maybeTerm(i uint64) (uint64, bool) {
 
 // stableTo records that entries up to (i, t) are durable. The term check
 // guards against a truncation that replaced the entry meanwhile.
-func (u *unstable) stableTo(i, t uint64) {
+func (u *unstable) stableTo(i, t, epoch uint64) {
+	if epoch != u.epoch {
+		return
+	}
 	gt, ok := u.maybeTerm(i)
 	if !ok || gt != t || i < u.offset {
 		return
@@ -354,6 +415,7 @@ func (u *unstable) stableTo(i, t uint64) {
 	n := i + 1 - u.offset
 	u.entries = u.entries[n:]
 	u.offset = i + 1
+	u.inProgress = max(u.inProgress, u.offset)
 	if len(u.entries) == 0 {
 		u.entries = nil // let the backing array be collected
 	}
@@ -362,17 +424,26 @@ func (u *unstable) stableTo(i, t uint64) {
 func (u *unstable) stableSnapTo(i uint64) {
 	if u.snapshot != nil && u.snapshot.Meta.Index == i {
 		u.snapshot = nil
+		u.snapInProgress = false
 	}
 }
 
 func (u *unstable) restore(s Snapshot) {
+	if u.inProgress > u.offset || u.snapInProgress {
+		u.epoch++
+	}
 	u.offset = s.Meta.Index + 1
+	u.inProgress = u.offset
 	u.entries = nil
 	u.snapshot = &s
+	u.snapInProgress = false
 }
 
 func (u *unstable) truncateAndAppend(ents []Entry) {
 	after := ents[0].Index
+	if after < u.inProgress {
+		u.epoch++
+	}
 	switch {
 	case after == u.offset+uint64(len(u.entries)):
 		u.entries = append(u.entries, ents...)
@@ -380,10 +451,12 @@ func (u *unstable) truncateAndAppend(ents []Entry) {
 		// Replace everything unstable; the durable suffix after `after`
 		// is shadowed now and truncated by the driver when it persists.
 		u.offset = after
+		u.inProgress = after
 		u.entries = append([]Entry(nil), ents...)
 	default:
 		keep := u.slice(u.offset, after)
 		u.entries = append(append([]Entry(nil), keep...), ents...)
+		u.inProgress = min(u.inProgress, after)
 	}
 }
 

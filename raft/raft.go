@@ -81,6 +81,9 @@ type raft struct {
 
 	checkQuorum bool
 	preVote     bool
+	// asyncWrites: the driver persists Readies after Advance and reports
+	// them durable with AckWrite (Config.AsyncStorageWrites).
+	asyncWrites bool
 
 	// bcastPending: appends to every follower are due (see bcastAppend).
 	bcastPending bool
@@ -121,15 +124,23 @@ func newRaft(c *Config) (*raft, error) {
 		heartbeatTimeout: c.HeartbeatTick,
 		checkQuorum:      c.CheckQuorum,
 		preVote:          c.PreVote,
+		asyncWrites:      c.AsyncStorageWrites,
 		readOnly:         newReadOnly(),
 	}
 	r.applyConfState(cs)
+	// A snapshot implies its index is committed even if the hard state's
+	// commit index lags it: it is written without fsync, and with
+	// asynchronous writes a local snapshot may reach the disk before the
+	// hard state that commits its index.
+	snap, err := c.Storage.Snapshot()
+	if err != nil {
+		return nil, fmt.Errorf("raft: storage snapshot: %w", err)
+	}
+	r.log.committed = max(r.log.committed, snap.Meta.Index)
 	if !hs.IsEmpty() {
 		if hs.Commit > r.log.lastIndex() {
 			return nil, fmt.Errorf("raft: stored commit index %d is beyond the last stored entry %d", hs.Commit, r.log.lastIndex())
 		}
-		// A snapshot implies its index is committed even if the hard
-		// state's commit index (written without fsync) lags it.
 		r.log.committed = max(hs.Commit, r.log.committed)
 		r.term = hs.Term
 		r.vote = hs.Vote
@@ -452,9 +463,17 @@ func (r *raft) campaign(t campaignType) {
 		voteMsg = MsgVote
 		term = r.term
 	}
-	// Vote for ourselves. Counting our own vote at once is safe because a
-	// driver persists the vote (in this Ready) before it steps any reply.
-	r.trk.recordVote(r.id, true)
+	// Vote for ourselves. A pre-vote changes no state, so it counts at
+	// once. A real vote counts at once only with synchronous writes: the
+	// driver persists it (in this Ready) before it steps any reply. With
+	// asynchronous writes it counts when the write of our term and vote is
+	// acknowledged (selfVoteDurable): a node that won by a vote it then
+	// lost in a crash could vote again in the same term, and two leaders
+	// could be elected in one term. Votes from others are durable before
+	// they are sent, so they may win the election before our own write is.
+	if t == campaignPreElection || !r.asyncWrites {
+		r.trk.recordVote(r.id, true)
+	}
 	if _, _, res := r.trk.tally(); res == voteWon {
 		if t == campaignPreElection {
 			r.campaign(campaignElection)
@@ -472,6 +491,39 @@ func (r *raft) campaign(t campaignType) {
 			continue
 		}
 		r.send(Message{Term: term, To: id, Type: voteMsg, Index: r.log.lastIndex(), LogTerm: r.log.lastTerm(), Context: ctx})
+	}
+}
+
+// selfVoteDurable counts a candidate's own vote once the write of hs,
+// the candidate's term and vote, is durable (asynchronous writes only).
+func (r *raft) selfVoteDurable(hs HardState) {
+	if r.state != StateCandidate || hs.Term != r.term || hs.Vote != r.id {
+		return
+	}
+	if _, voted := r.trk.votes[r.id]; voted {
+		return
+	}
+	r.trk.recordVote(r.id, true)
+	switch _, _, res := r.trk.tally(); res {
+	case voteWon:
+		r.becomeLeader()
+		r.bcastAppend()
+	case voteLost:
+		r.becomeFollower(r.term, None)
+	}
+}
+
+// leaderSelfDurable counts the leader's own log towards the commit
+// quorum up to what is durable.
+func (r *raft) leaderSelfDurable() {
+	if r.state != StateLeader {
+		return
+	}
+	if pr := r.trk.progress[r.id]; pr != nil && pr.maybeUpdate(r.log.lastStableIndex()) {
+		if r.maybeCommit() {
+			r.releasePendingReadIndexMessages()
+			r.bcastAppend()
+		}
 	}
 }
 

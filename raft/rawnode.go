@@ -38,12 +38,38 @@ type Ready struct {
 	// changed term or vote). A commit-index-only change need not sync: it
 	// can be recomputed after a crash.
 	MustSync bool
+	// Ack describes this Ready's write. With Config.AsyncStorageWrites
+	// the driver passes it to RawNode.AckWrite once HardState, Entries and
+	// Snapshot (and those of every earlier Ready) are durable. It is
+	// ignored in synchronous mode, where Advance implies it.
+	Ack WriteAck
 }
+
+// WriteAck identifies what a Ready asked the driver to persist, for
+// RawNode.AckWrite.
+type WriteAck struct {
+	// Index and Term are the last entry in Ready.Entries (zero if none).
+	Index, Term uint64
+	// Snapshot is the index of Ready.Snapshot (zero if none).
+	Snapshot uint64
+	// HardState is the node's hard state as of this Ready: what is on
+	// disk once this write and every earlier one are.
+	HardState HardState
+	// epoch is the log's truncation epoch when the Ready was taken (see
+	// unstable.epoch).
+	epoch uint64
+}
+
+// IsEmpty reports whether a has nothing to acknowledge beyond the hard
+// state: no entries and no snapshot.
+func (a WriteAck) IsEmpty() bool { return a.Index == 0 && a.Snapshot == 0 }
 
 // RawNode is the single-threaded Raft core. Its methods must not be called
 // concurrently. Between Ready and Advance the caller must not call any
-// other method: the core assumes a Ready is fully handled (persisted,
-// sent, applied) before it processes more input.
+// other method. In synchronous mode (the default) the core assumes a Ready
+// is fully handled (persisted, sent, applied) when Advance is called; with
+// Config.AsyncStorageWrites, Advance means only "taken": the driver
+// persists it later and reports it with AckWrite.
 type RawNode struct {
 	r         *raft
 	prevSoft  SoftState
@@ -214,13 +240,13 @@ func (rn *RawNode) HasReady() bool {
 	if hs := r.hardState(); hs != rn.prevHard {
 		return true
 	}
-	if r.log.unstable.snapshot != nil || len(r.log.unstable.entries) > 0 {
+	if r.log.unstable.nextSnapshot() != nil || len(r.log.unstable.nextEntries()) > 0 {
 		return true
 	}
 	if len(r.msgs) > 0 || len(r.msgsAfterPersist) > 0 || len(r.readStates) > 0 {
 		return true
 	}
-	return r.log.hasNextCommittedEnts()
+	return r.log.hasNextCommittedEnts(!r.asyncWrites)
 }
 
 // Ready returns the pending batch of work. The caller must handle it and
@@ -230,8 +256,8 @@ func (rn *RawNode) Ready() Ready {
 	r := rn.r
 	r.flushBcast()
 	rd := Ready{
-		Entries:           r.log.unstable.entries,
-		CommittedEntries:  r.log.nextCommittedEnts(),
+		Entries:           r.log.unstable.nextEntries(),
+		CommittedEntries:  r.log.nextCommittedEnts(!r.asyncWrites),
 		Messages:          r.msgs,
 		PersistedMessages: r.msgsAfterPersist,
 		ReadStates:        r.readStates,
@@ -239,12 +265,19 @@ func (rn *RawNode) Ready() Ready {
 	if ss := r.softState(); ss != rn.prevSoft {
 		rd.SoftState = &ss
 	}
-	if hs := r.hardState(); hs != rn.prevHard {
+	hs := r.hardState()
+	if hs != rn.prevHard {
 		rd.HardState = hs
 	}
-	if s := r.log.unstable.snapshot; s != nil {
+	rd.Ack.HardState = hs
+	rd.Ack.epoch = r.log.unstable.epoch
+	if n := len(rd.Entries); n > 0 {
+		rd.Ack.Index, rd.Ack.Term = rd.Entries[n-1].Index, rd.Entries[n-1].Term
+	}
+	if s := r.log.unstable.nextSnapshot(); s != nil {
 		snap := *s
 		rd.Snapshot = &snap
+		rd.Ack.Snapshot = s.Meta.Index
 	}
 	rd.MustSync = len(rd.Entries) > 0 || rd.Snapshot != nil ||
 		rd.HardState.Term != rn.prevHard.Term || rd.HardState.Vote != rn.prevHard.Vote
@@ -258,8 +291,9 @@ func (rn *RawNode) Ready() Ready {
 	return rd
 }
 
-// Advance tells the core that rd has been handled: persisted, sent and
-// applied.
+// Advance tells the core that rd has been handled: sent and applied, and
+// (in synchronous mode) persisted. With Config.AsyncStorageWrites its
+// write may still be in progress; report it with AckWrite.
 func (rn *RawNode) Advance(rd Ready) {
 	if !rn.readyOpen {
 		panic("raft: Advance without Ready")
@@ -272,15 +306,11 @@ func (rn *RawNode) Advance(rd Ready) {
 	if !rd.HardState.IsEmpty() {
 		rn.prevHard = rd.HardState
 	}
-	if rd.Snapshot != nil {
-		r.log.unstable.stableSnapTo(rd.Snapshot.Meta.Index)
-		if rd.Snapshot.Meta.Index > r.log.applied {
-			r.log.applied = rd.Snapshot.Meta.Index
-		}
-	}
-	if n := len(rd.Entries); n > 0 {
-		last := rd.Entries[n-1]
-		r.log.unstable.stableTo(last.Index, last.Term)
+	r.log.unstable.acceptInProgress(rd.Ack.Index, rd.Ack.Snapshot)
+	if rd.Snapshot != nil && rd.Snapshot.Meta.Index > r.log.applied {
+		// The driver installs the snapshot before it applies anything
+		// after it (no committed entries are handed out until then).
+		r.log.applied = rd.Snapshot.Meta.Index
 	}
 	if n := len(rd.CommittedEntries); n > 0 {
 		for _, e := range rd.CommittedEntries {
@@ -296,15 +326,41 @@ func (rn *RawNode) Advance(rd Ready) {
 		}
 		r.log.appliedTo(rd.CommittedEntries[n-1].Index)
 	}
-	// Now that our own entries are durable the leader counts itself.
-	if r.state == StateLeader {
-		if pr := r.trk.progress[r.id]; pr != nil && pr.maybeUpdate(r.log.lastStableIndex()) {
-			if r.maybeCommit() {
-				r.releasePendingReadIndexMessages()
-				r.bcastAppend()
-			}
-		}
+	if !r.asyncWrites {
+		rn.ackWrite(rd.Ack)
 	}
+}
+
+// AckWrite tells the core that the write of the Ready that carried a (and
+// of every Ready before it) is durable. Only with
+// Config.AsyncStorageWrites, and not between Ready and Advance. Acks must
+// come in the order the Readies were handed out; an ack made stale by a
+// later truncation or snapshot is ignored safely.
+//
+// Once acknowledged, the entries count towards the leader's own commit
+// quorum, a candidate counts its own vote, and committed entries up to
+// the acknowledged index are handed out for applying.
+func (rn *RawNode) AckWrite(a WriteAck) {
+	rn.mustBeClosed()
+	if !rn.r.asyncWrites {
+		panic("raft: AckWrite without Config.AsyncStorageWrites")
+	}
+	rn.ackWrite(a)
+}
+
+func (rn *RawNode) ackWrite(a WriteAck) {
+	r := rn.r
+	if a.Snapshot != 0 {
+		r.log.unstable.stableSnapTo(a.Snapshot)
+	}
+	if a.Index != 0 {
+		r.log.unstable.stableTo(a.Index, a.Term, a.epoch)
+	}
+	if r.asyncWrites {
+		r.selfVoteDurable(a.HardState)
+	}
+	// Now that our own entries are durable the leader counts itself.
+	r.leaderSelfDurable()
 }
 
 // ConfState returns the membership as of the last applied entry; a

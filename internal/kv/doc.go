@@ -17,4 +17,10 @@
 // answered with a gRPC Unimplemented error. docs/kv.md describes the data
 // model, the revision rules, the command encoding, the snapshot format and
 // the exactly-once session table.
+//
+// For sharding, ExportShard, InstallShard and DeleteShard move the keys of
+// a shard (chosen by a key predicate) and the session table between
+// groups, SetVisible hides the keys of shards a group does not serve, and
+// RangeFiltered and CountMatching read a subset of the keys (docs/kv.md,
+// "Shard operations").
 package kv

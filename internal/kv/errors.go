@@ -27,6 +27,10 @@ var (
 	// ErrCorruptSnapshot is wrapped by every error Restore returns for input
 	// that is not a well-formed, intact snapshot.
 	ErrCorruptSnapshot = errors.New("kv: corrupt snapshot")
+
+	// ErrCorruptShard is wrapped by the error InstallShard returns for a
+	// blob that is not a well-formed, intact ExportShard blob.
+	ErrCorruptShard = errors.New("kv: corrupt shard blob")
 )
 
 // errInvalidCommand is the request error of a command that does not carry

@@ -15,6 +15,16 @@ import (
 // latest version of each key is kept); a revision of 0 or below, or equal
 // to the current one, reads the current state.
 func (s *Store) Range(r *pb.RangeRequest) (*pb.RangeResponse, error) {
+	return s.RangeFiltered(r, nil)
+}
+
+// RangeFiltered is Range over a store in which the keys for which keep
+// returns false do not exist, on top of the SetVisible predicate: they are
+// not returned, not counted, do not use up the limit and do not set More.
+// A nil keep makes it Range. keep is called under the store's read lock,
+// possibly from several goroutines at once, so it must be a pure function
+// of the key that does not call back into the store.
+func (s *Store) RangeFiltered(r *pb.RangeRequest, keep func(key []byte) bool) (*pb.RangeResponse, error) {
 	if err := ValidateRange(r); err != nil {
 		return nil, err
 	}
@@ -26,16 +36,21 @@ func (s *Store) Range(r *pb.RangeRequest) (*pb.RangeResponse, error) {
 	case r.Revision > 0 && r.Revision < s.rev:
 		return nil, errHistoricalRead(r.Revision, s.rev)
 	}
-	return s.rangeLocked(r, s.rev), nil
+	return s.rangeLocked(r, s.rev, keep), nil
 }
 
-// scan calls fn for each live item in the range of key and end, in key
-// order, until fn returns false. An empty end means the single key; end
-// "\x00" means every key >= key; otherwise the range is [key, end).
+// scan calls fn for each live, visible item in the range of key and end,
+// in key order, until fn returns false. An empty end means the single key;
+// end "\x00" means every key >= key; otherwise the range is [key, end).
+// Keys hidden by SetVisible are skipped as if they did not exist.
 func (s *Store) scan(key, end []byte, fn func(kvItem) bool) {
+	if vis := s.visible; vis != nil {
+		inner := fn
+		fn = func(it kvItem) bool { return !vis(it.key) || inner(it) }
+	}
 	switch {
 	case len(end) == 0:
-		if it, ok := s.get(key); ok {
+		if it, ok := s.tree.Get(kvItem{key: key}); ok {
 			fn(it)
 		}
 	case len(end) == 1 && end[0] == 0:
@@ -57,7 +72,10 @@ func (s *Store) scan(key, end []byte, fn func(kvItem) bool) {
 //     extra one decides more); otherwise all are read, filtered, sorted and
 //     then cut to limit. (So a sort_target other than KEY with sort_order
 //     NONE sorts only the first limit+1 keys, as etcd does.)
-func (s *Store) rangeLocked(r *pb.RangeRequest, rev int64) *pb.RangeResponse {
+//
+// Keys for which keep (if not nil) returns false are skipped before any of
+// this, as if they did not exist.
+func (s *Store) rangeLocked(r *pb.RangeRequest, rev int64, keep func([]byte) bool) *pb.RangeResponse {
 	resp := &pb.RangeResponse{Header: header(rev)}
 	filtered := r.MinModRevision != 0 || r.MaxModRevision != 0 || r.MinCreateRevision != 0 || r.MaxCreateRevision != 0
 	// Read up to limit+1 items, or all of them.
@@ -65,6 +83,9 @@ func (s *Store) rangeLocked(r *pb.RangeRequest, rev int64) *pb.RangeResponse {
 	var items []kvItem
 	count := 0
 	s.scan(r.Key, r.RangeEnd, func(it kvItem) bool {
+		if keep != nil && !keep(it.key) {
+			return true
+		}
 		count++
 		if !r.CountOnly && (fetchAll || int64(len(items)) <= r.Limit) {
 			items = append(items, it)

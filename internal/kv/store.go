@@ -25,7 +25,7 @@ const DefaultSessionTTL = time.Hour
 
 // Stats summarises a store's size.
 type Stats struct {
-	Keys     int   // live keys
+	Keys     int   // live keys, including keys hidden by SetVisible
 	Bytes    int64 // approximate memory held by keys and values (key and value bytes plus a per-key overhead)
 	Sessions int   // exactly-once sessions in the table
 }
@@ -77,6 +77,11 @@ type Store struct {
 
 	sessions   map[uint64]*session
 	head, tail *session // least and most recently used
+
+	// visible, if not nil, hides every key for which it returns false from
+	// every read and write path (see SetVisible). It is not part of the
+	// state: snapshots do not carry it.
+	visible func(key []byte) bool
 }
 
 // NewStore returns an empty store at revision 1.
@@ -243,9 +248,13 @@ func (s *Store) expireSessions() {
 	}
 }
 
-// get returns the live item for key.
+// get returns the live item for key, if it is visible.
 func (s *Store) get(key []byte) (kvItem, bool) {
-	return s.tree.Get(kvItem{key: key})
+	it, ok := s.tree.Get(kvItem{key: key})
+	if ok && s.visible != nil && !s.visible(it.key) {
+		return kvItem{}, false
+	}
+	return it, ok
 }
 
 // header returns a response header carrying only a revision; the server

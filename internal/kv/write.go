@@ -64,7 +64,7 @@ func (w *writer) rollback() {
 	w.undo, w.changes = nil, 0
 }
 
-// put writes key=value over cur (the key's live item, if had) and keeps
+// put writes key=value over cur (the key's live, visible item, if had) and keeps
 // the version and create_revision rules of etcd: a new key, or one
 // re-created after a delete, starts at version 1 with create_revision equal
 // to its mod_revision. The slices must not be modified afterwards; keys
@@ -77,18 +77,22 @@ func (w *writer) put(key, value []byte, lease int64, cur kvItem, had bool) {
 		it.key = cur.key
 		it.create = cur.create
 		it.version = cur.version + 1
-		w.s.bytes += int64(len(value) - len(cur.value))
-	} else {
-		w.s.bytes += int64(len(key) + len(value))
 	}
-	w.s.tree.ReplaceOrInsert(it)
+	// The tree may hold an item for the key that is not visible (a key of a
+	// shard the group no longer serves): it is replaced as if absent, and
+	// the byte count and undo log follow what the tree really held.
+	old, replaced := w.s.tree.ReplaceOrInsert(it)
+	w.s.bytes += int64(len(it.key) + len(it.value))
+	if replaced {
+		w.s.bytes -= int64(len(old.key) + len(old.value))
+	}
 	if w.track {
-		w.undo = append(w.undo, undoRec{key: it.key, old: cur, had: had})
+		w.undo = append(w.undo, undoRec{key: it.key, old: old, had: replaced})
 	}
 	w.changes++
 }
 
-// deleteRange deletes the keys in the range and returns them.
+// deleteRange deletes the visible keys in the range and returns them.
 func (w *writer) deleteRange(key, end []byte) []kvItem {
 	var victims []kvItem
 	w.s.scan(key, end, func(it kvItem) bool {
@@ -276,7 +280,7 @@ func (w *writer) execTxn(r *pb.TxnRequest, path []bool) (*pb.TxnResponse, []bool
 				// state before the txn: history Cairn does not keep.
 				return nil, nil, errHistoricalRead(rr.Revision, w.readRev())
 			}
-			out.Response = &pb.ResponseOp_ResponseRange{ResponseRange: w.s.rangeLocked(rr, w.readRev())}
+			out.Response = &pb.ResponseOp_ResponseRange{ResponseRange: w.s.rangeLocked(rr, w.readRev(), nil)}
 		case *pb.RequestOp_RequestPut:
 			if err := w.s.checkPut(v.RequestPut, false); err != nil {
 				return nil, nil, err

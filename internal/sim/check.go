@@ -22,16 +22,17 @@ func dataHash(e raft.Entry) uint64 {
 }
 
 // onHardState learns commit terms: when a leader's commit index advances,
-// the newly committed entries were committed in the leader's term.
+// the newly committed entries were committed in the leader's term. It sees
+// each Ready's hard state when the Ready is taken, before it is durable.
 func (s *Sim) onHardState(n *simNode, hs raft.HardState) {
-	if n.isLeader && hs.Commit > n.lastCommit {
-		for i := n.lastCommit + 1; i <= hs.Commit; i++ {
+	if n.isLeader && hs.Commit > n.memCommit {
+		for i := n.memCommit + 1; i <= hs.Commit; i++ {
 			if _, ok := s.commitTerm[i]; !ok {
 				s.commitTerm[i] = hs.Term
 			}
 		}
 	}
-	n.lastCommit = max(n.lastCommit, hs.Commit)
+	n.memCommit = max(n.memCommit, hs.Commit)
 }
 
 // onLeader checks election safety and leader completeness for a node that
@@ -43,19 +44,20 @@ func (s *Sim) onLeader(n *simNode) {
 		return
 	}
 	s.leaders[st.Term] = n.id
-	first, _ := n.storage.FirstIndex()
-	last, _ := n.storage.LastIndex()
+	// The leader's log as the core sees it: what is on disk, and the
+	// writes still in progress (asynchronous writes) over it.
+	lg := s.memLog(n)
 	for i, ct := range s.commitTerm {
-		if ct >= st.Term || i < first {
+		if ct >= st.Term || i < lg.first {
 			continue
 		}
 		want := s.committed[i]
-		if i > last {
-			s.fail("leader completeness: leader %d of term %d lacks entry %d committed in term %d (last index %d)", n.id, st.Term, i, ct, last)
+		if i > lg.last {
+			s.fail("leader completeness: leader %d of term %d lacks entry %d committed in term %d (last index %d)", n.id, st.Term, i, ct, lg.last)
 			return
 		}
-		t, err := n.storage.Term(i)
-		if err != nil {
+		t, ok := lg.term(i)
+		if !ok {
 			continue
 		}
 		if want.term != 0 && t != want.term {
@@ -93,6 +95,54 @@ func (s *Sim) checkStateHash(n *simNode) {
 		return
 	}
 	s.stateHash[n.sm.applied] = n.sm.hash
+}
+
+// memLogView is a node's log including writes not yet durable.
+type memLogView struct {
+	n           *simNode
+	first, last uint64
+	storageMax  uint64            // storage entries above this are replaced
+	overlay     map[uint64]uint64 // index -> term from pending writes
+}
+
+func (s *Sim) memLog(n *simNode) memLogView {
+	first, _ := n.storage.FirstIndex()
+	last, _ := n.storage.LastIndex()
+	v := memLogView{n: n, first: first, last: last, storageMax: last, overlay: map[uint64]uint64{}}
+	for _, rd := range n.pending {
+		if rd.Snapshot != nil {
+			m := rd.Snapshot.Meta
+			clear(v.overlay)
+			v.overlay[m.Index] = m.Term
+			v.first, v.last, v.storageMax = m.Index+1, m.Index, 0
+		}
+		if len(rd.Entries) == 0 {
+			continue
+		}
+		lo := rd.Entries[0].Index
+		for i := range v.overlay {
+			if i >= lo {
+				delete(v.overlay, i)
+			}
+		}
+		v.storageMax = min(v.storageMax, lo-1)
+		for _, e := range rd.Entries {
+			v.overlay[e.Index] = e.Term
+		}
+		v.last = rd.Entries[len(rd.Entries)-1].Index
+	}
+	return v
+}
+
+func (v memLogView) term(i uint64) (uint64, bool) {
+	if t, ok := v.overlay[i]; ok {
+		return t, true
+	}
+	if i > v.storageMax {
+		return 0, false
+	}
+	t, err := v.n.storage.Term(i)
+	return t, err == nil
 }
 
 type storedLog struct {

@@ -56,6 +56,13 @@ type Options struct {
 	// with a faster logical model of a disk.
 	LogicalDisk bool
 
+	// AsyncWrites runs the nodes with raft.Config.AsyncStorageWrites: a
+	// Ready's write is queued when the Ready is taken and completes later
+	// (in the same step or several steps on), while the node goes on
+	// stepping messages; crashes lose the queued writes or tear the one
+	// being completed.
+	AsyncWrites bool
+
 	// Log, if set, receives a line per event (for replaying a seed).
 	Log io.Writer
 }
@@ -78,6 +85,9 @@ func Default(seed uint64) Options {
 		SnapshotEvery:  20,
 		PreVote:        true,
 		CheckQuorum:    true,
+		// Three seeds in four run the asynchronous write path (the
+		// driver's default); the rest keep the synchronous one covered.
+		AsyncWrites: seed%4 != 0,
 	}
 }
 
@@ -134,10 +144,17 @@ type simNode struct {
 	up      bool
 	// removed nodes are no longer members; they are stopped for good.
 	removed bool
-	// isLeader and lastCommit let the oracle learn in which term each
-	// entry was committed.
+	// isLeader and memCommit let the oracle learn in which term each
+	// entry was committed; lastCommit is the commit index on disk.
 	isLeader   bool
+	memCommit  uint64
 	lastCommit uint64
+	// pending holds Readies whose writes are queued (AsyncWrites), oldest
+	// first. slowDisk makes them wait longer (many steps), which widens
+	// the windows in which a leader's or candidate's own state is not yet
+	// durable.
+	pending  []raft.Ready
+	slowDisk bool
 }
 
 type proposal struct {
@@ -275,13 +292,14 @@ func (s *Sim) newNode(id uint64, storage disk) (*simNode, error) {
 		Applied:       snap.Meta.Index,
 		// Small messages and windows make flow control and batching
 		// paths run (FoundationDB's BUGGIFY idea).
-		MaxSizePerMsg:    64,
-		MaxInflightMsgs:  4,
-		MaxInflightBytes: 256,
-		PreVote:          s.opts.PreVote,
-		CheckQuorum:      s.opts.CheckQuorum,
-		Rand:             rand.New(rand.NewPCG(s.opts.Seed, id)),
-		Logger:           slog.New(slog.NewTextHandler(io.Discard, nil)),
+		MaxSizePerMsg:      64,
+		MaxInflightMsgs:    4,
+		MaxInflightBytes:   256,
+		PreVote:            s.opts.PreVote,
+		CheckQuorum:        s.opts.CheckQuorum,
+		AsyncStorageWrites: s.opts.AsyncWrites,
+		Rand:               rand.New(rand.NewPCG(s.opts.Seed, id)),
+		Logger:             slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}
 	rn, err := raft.NewRawNode(cfg)
 	if err != nil {
@@ -335,6 +353,27 @@ func (s *Sim) stepOnce(faults bool) {
 		}
 	}
 	s.deliver()
+	if s.opts.AsyncWrites {
+		// Writes in progress complete at random times: some before the
+		// next message, some many steps later.
+		for _, id := range s.ids {
+			n := s.nodes[id]
+			if !n.up {
+				continue
+			}
+			if s.rng.IntN(200) == 0 {
+				n.slowDisk = !n.slowDisk
+				s.logf("node %d disk slow=%v", n.id, n.slowDisk)
+			}
+			odds := 3
+			if n.slowDisk {
+				odds = 25
+			}
+			if len(n.pending) > 0 && s.rng.IntN(odds) == 0 {
+				s.completeWrites(n, 1+s.rng.IntN(len(n.pending)))
+			}
+		}
+	}
 	if s.step%stepsPerTick == 0 {
 		if faults {
 			s.injectFaults()
@@ -449,6 +488,13 @@ func (s *Sim) handleReady(n *simNode) {
 		// Messages that do not depend on durability go out first, in
 		// parallel with the (simulated) disk write.
 		s.send(rd.Messages)
+		if s.opts.AsyncWrites {
+			s.takeAsync(n, rd)
+			if !n.up {
+				return
+			}
+			continue
+		}
 
 		if s.opts.CrashRate > 0 && s.rng.Float64() < s.opts.CrashRate*s.opts.TornRate/4 && rd.MustSync {
 			s.crashMidPersist(n, rd)
@@ -458,6 +504,7 @@ func (s *Sim) handleReady(n *simNode) {
 			s.fail("node %d: persist: %v", n.id, err)
 			return
 		}
+		n.lastCommit = max(n.lastCommit, rd.HardState.Commit)
 		if rd.Snapshot != nil {
 			if err := n.sm.restore(rd.Snapshot.Data); err != nil {
 				s.fail("node %d: restore snapshot: %v", n.id, err)
@@ -481,6 +528,80 @@ func (s *Sim) handleReady(n *simNode) {
 		s.maybeSnapshot(n)
 		s.serveReads(n)
 	}
+}
+
+// takeAsync handles a Ready with asynchronous writes: its write is
+// queued (and may complete at once), the committed entries, all durable
+// here, are applied, and the Ready is advanced.
+func (s *Sim) takeAsync(n *simNode, rd raft.Ready) {
+	if len(rd.Entries) > 0 || rd.Snapshot != nil || !rd.HardState.IsEmpty() || len(rd.PersistedMessages) > 0 {
+		n.pending = append(n.pending, rd)
+	}
+	s.apply(n, rd.CommittedEntries)
+	for _, rs := range rd.ReadStates {
+		s.onReadState(n, rs)
+	}
+	n.rn.Advance(rd)
+	if n.removed {
+		s.logf("node %d removed; stopping it", n.id)
+		n.up = false
+		n.rn = nil
+		n.sm = nil
+		n.pending = nil
+		return
+	}
+	s.maybeSnapshot(n)
+	s.serveReads(n)
+	if !n.slowDisk && s.rng.IntN(4) == 0 {
+		// Sometimes the disk is fast: the write completes before the node
+		// sees anything else.
+		s.completeWrites(n, len(n.pending))
+	}
+}
+
+// completeWrites makes the oldest k queued writes of n durable, in order,
+// sends the messages that waited for them and acknowledges them to the
+// core. The node may crash in the middle of one, losing the rest.
+func (s *Sim) completeWrites(n *simNode, k int) {
+	for range k {
+		if !n.up || len(n.pending) == 0 {
+			return
+		}
+		rd := n.pending[0]
+		n.pending = n.pending[1:]
+		if s.opts.CrashRate > 0 && rd.MustSync && s.rng.Float64() < s.opts.CrashRate*s.opts.TornRate/4 {
+			s.logf("node %d crashes with %d writes queued", n.id, len(n.pending))
+			s.crashMidPersist(n, rd)
+			return
+		}
+		if s.opts.CrashRate > 0 && s.rng.Float64() < s.opts.CrashRate/4 {
+			// A power blip before this write started: it and every later
+			// queued write are lost; the node is back at once, before its
+			// peers have moved on.
+			s.logf("node %d crashes before a write, %d more queued; restarting", n.id, len(n.pending))
+			s.crash(n)
+			if s.rng.IntN(2) == 0 {
+				s.restart(n)
+			}
+			return
+		}
+		if err := n.storage.persist(rd); err != nil {
+			s.fail("node %d: persist: %v", n.id, err)
+			return
+		}
+		n.lastCommit = max(n.lastCommit, rd.HardState.Commit)
+		if rd.Snapshot != nil {
+			if err := n.sm.restore(rd.Snapshot.Data); err != nil {
+				s.fail("node %d: restore snapshot: %v", n.id, err)
+			}
+			s.logf("node %d installed snapshot %d/%d", n.id, rd.Snapshot.Meta.Index, rd.Snapshot.Meta.Term)
+			s.checkStateHash(n)
+		}
+		s.logf("node %d wrote %d entries, hs %+v; %d queued", n.id, len(rd.Entries), rd.HardState, len(n.pending))
+		s.send(rd.PersistedMessages)
+		n.rn.AckWrite(rd.Ack)
+	}
+	s.handleReady(n)
 }
 
 // crashMidPersist models a crash while the Ready's write was not yet
@@ -508,7 +629,9 @@ func (s *Sim) setDisk(n *simNode, d disk) {
 	n.storage = d
 	hs, _, _ := d.InitialState()
 	n.lastCommit = hs.Commit
+	n.memCommit = hs.Commit
 	n.isLeader = false
+	n.pending = nil
 }
 
 // crash models a power loss between Readies.
@@ -527,6 +650,7 @@ func (s *Sim) down(n *simNode) {
 	n.up = false
 	n.rn = nil
 	n.sm = nil
+	n.pending = nil
 	s.result.Crashes++
 	for ctx, r := range s.reads {
 		if r.node == n.id {
@@ -583,6 +707,13 @@ func (s *Sim) maybeSnapshot(n *simNode) {
 	every := s.opts.SnapshotEvery
 	if every == 0 || !n.up {
 		return
+	}
+	for _, rd := range n.pending {
+		if rd.Snapshot != nil {
+			// The core's membership is the incoming snapshot's already;
+			// the state machine is restored only when it is durable.
+			return
+		}
 	}
 	snap, _ := n.storage.Snapshot()
 	applied := n.sm.applied

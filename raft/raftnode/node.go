@@ -69,7 +69,13 @@ type Config struct {
 	// MaxBatch bounds how many queued requests one loop iteration takes
 	// before handling a Ready: the group-commit batch. Default 1024.
 	MaxBatch int
-	Logger   *slog.Logger
+	// SyncStorageWrites makes the Raft goroutine write and fsync each
+	// Ready itself before it takes the next (the synchronous contract).
+	// By default a persister goroutine writes them (raft.Config's
+	// AsyncStorageWrites), so the loop keeps taking acknowledgements,
+	// proposals and reads while an fsync runs.
+	SyncStorageWrites bool
+	Logger            *slog.Logger
 }
 
 func (c *Config) setDefaults() {
@@ -124,6 +130,11 @@ type Node struct {
 	snapping bool
 	snapDone chan error
 	snapWG   sync.WaitGroup
+	// persist writes Readies off the loop (nil with SyncStorageWrites);
+	// pendingSnap is a snapshot from the leader handed to it and not yet
+	// acknowledged durable, which the loop installs on the ack.
+	persist     *persister
+	pendingSnap *raft.SnapshotMeta
 
 	lead    atomic.Uint64
 	term    atomic.Uint64
@@ -190,6 +201,7 @@ func Start(cfg Config, storage Storage, transport Transport, sm StateMachine, bo
 	rc := cfg.Raft
 	rc.Storage = storage
 	rc.Applied = snap.Meta.Index
+	rc.AsyncStorageWrites = !cfg.SyncStorageWrites
 	if rc.Rand == nil {
 		rc.Rand = rand.New(rand.NewPCG(rc.ID, uint64(time.Now().UnixNano())))
 	}
@@ -243,6 +255,9 @@ func Start(cfg Config, storage Storage, transport Transport, sm StateMachine, bo
 		snapDone:  make(chan error, 1),
 	}
 	n.term.Store(hs.Term)
+	if !cfg.SyncStorageWrites {
+		n.persist = newPersister(storage, transport)
+	}
 	go n.run()
 	return n, nil
 }
@@ -477,6 +492,11 @@ func (n *Node) run() {
 	tickc, stopTicker := n.cfg.Clock.NewTicker(n.cfg.TickInterval)
 	defer stopTicker()
 	defer n.failAll()
+	var ackc chan struct{}
+	if n.persist != nil {
+		defer n.persist.stop() // before storage may be closed
+		ackc = n.persist.ackc
+	}
 	for {
 		// Block for one event, then take whatever else is already queued
 		// (up to MaxBatch), so that one Ready, one disk write and one
@@ -502,10 +522,18 @@ func (n *Node) run() {
 				n.fatal(fmt.Errorf("raftnode: snapshot: %w", err))
 				return
 			}
+		case <-ackc:
+			if err := n.handleAcks(); err != nil {
+				n.fatal(err)
+				return
+			}
 		case <-n.stopc:
 			return
 		}
-		n.drainQueued()
+		if err := n.drainQueued(ackc); err != nil {
+			n.fatal(err)
+			return
+		}
 		if err := n.handleReadies(); err != nil {
 			n.fatal(err)
 			return
@@ -513,9 +541,10 @@ func (n *Node) run() {
 	}
 }
 
-func (n *Node) drainQueued() {
+func (n *Node) drainQueued(ackc chan struct{}) error {
 	var reads []*readReq
-	for i := 0; i < n.cfg.MaxBatch; i++ {
+	var err error
+	for i := 0; i < n.cfg.MaxBatch && err == nil; i++ {
 		select {
 		case m := <-n.recvc:
 			n.step(m)
@@ -525,6 +554,8 @@ func (n *Node) drainQueued() {
 			reads = append(reads, r)
 		case rep := <-n.reportc:
 			n.handleReport(rep)
+		case <-ackc:
+			err = n.handleAcks()
 		default:
 			i = n.cfg.MaxBatch
 		}
@@ -532,6 +563,25 @@ func (n *Node) drainQueued() {
 	if len(reads) > 0 {
 		n.handleReads(reads)
 	}
+	return err
+}
+
+// handleAcks passes the persister's completed writes to the core, and
+// installs a snapshot from the leader once it is durable.
+func (n *Node) handleAcks() error {
+	acks, err := n.persist.takeAcks()
+	for _, a := range acks {
+		n.rn.AckWrite(a)
+		n.term.Store(a.HardState.Term)
+		if a.Snapshot != 0 && n.pendingSnap != nil && n.pendingSnap.Index == a.Snapshot {
+			meta := *n.pendingSnap
+			n.pendingSnap = nil
+			if err := n.restore(meta); err != nil {
+				return err
+			}
+		}
+	}
+	return err
 }
 
 func (n *Node) step(m raft.Message) {
@@ -595,6 +645,47 @@ func (n *Node) handleReadies() error {
 }
 
 func (n *Node) handleReady() error {
+	if n.persist == nil {
+		return n.handleReadySync()
+	}
+	rd := n.rn.Ready()
+	if rd.SoftState != nil {
+		n.onSoftState(*rd.SoftState)
+	}
+	// Messages do not depend on this Ready's write: they leave now, so
+	// the leader's appends reach followers while its own fsync runs.
+	n.transport.Send(rd.Messages)
+	job := persistJob{hs: rd.HardState, ents: rd.Entries, sync: rd.MustSync, msgs: rd.PersistedMessages, ack: rd.Ack}
+	if rd.Snapshot != nil {
+		meta := rd.Snapshot.Meta
+		job.snap = &meta
+		n.pendingSnap = &meta
+	}
+	switch {
+	case job.writes():
+		n.persist.submit(job)
+	case len(job.msgs) > 0 && n.persist.idle():
+		// Nothing new to write and every earlier write is durable.
+		n.transport.Send(job.msgs)
+	case len(job.msgs) > 0:
+		// They depend on writes still in progress: after them.
+		n.persist.submit(job)
+	}
+	// The core hands out only entries that are durable here.
+	n.apply(rd.CommittedEntries)
+	for _, rs := range rd.ReadStates {
+		for _, r := range n.reads[string(rs.RequestCtx)] {
+			r.index, r.ready = rs.Index, true
+		}
+	}
+	n.rn.Advance(rd)
+	n.completeReads()
+	return n.maybeSnapshot()
+}
+
+// handleReadySync handles a Ready with SyncStorageWrites: persist, then
+// send what depends on it, on this goroutine.
+func (n *Node) handleReadySync() error {
 	rd := n.rn.Ready()
 	if rd.SoftState != nil {
 		n.onSoftState(*rd.SoftState)
@@ -762,6 +853,11 @@ func (n *Node) completeReads() {
 
 func (n *Node) maybeSnapshot() error {
 	if n.cfg.SnapshotEntries < 0 || n.applied < n.snapIndex+uint64(n.cfg.SnapshotEntries) || n.snapping {
+		return nil
+	}
+	if n.pendingSnap != nil {
+		// The core's membership is already the incoming snapshot's, but
+		// the state machine is not restored from it yet.
 		return nil
 	}
 	idx := n.applied

@@ -11,7 +11,9 @@ import (
 
 // Transport carries messages to peers.
 //
-// Contract: Send must not block the caller for long (queue and return);
+// Contract: Send may be called from more than one goroutine at once (the
+// node's loop sends what may leave at once, its persister what had to wait
+// for a write). It must not block the caller for long (queue and return);
 // it may drop messages, since Raft tolerates loss, and should then call
 // the sender's ReportUnreachable. For a MsgSnap whose Snapshot.Data is
 // empty, the transport streams the bytes from the sender's
