@@ -16,7 +16,8 @@ import (
 )
 
 // StateMachine is the application replicated by Raft. The node calls it
-// from its one goroutine only, in log order.
+// from one goroutine only (its applier, or with SyncStorageWrites its
+// Raft loop), in log order.
 type StateMachine interface {
 	// Apply applies one committed entry and returns the result handed to
 	// the proposer. Entries with empty Data (leader no-ops) and membership
@@ -120,16 +121,23 @@ type Node struct {
 	stopOne sync.Once
 
 	// Owned by run.
-	waiters   map[uint64]*proposalReq
-	reads     map[string][]*readReq // by request context
-	readSeq   uint64
+	reads   map[string][]*readReq // by request context
+	readSeq uint64
+	// waiters are proposals waiting for their entry to apply, by index.
+	waitMu  sync.Mutex
+	waiters map[uint64]*proposalReq
+	// Owned by whichever goroutine applies (the applier, or run with
+	// SyncStorageWrites); applied is read by run to serve reads.
 	snapIndex uint64
-	applied   uint64
+	applied   atomic.Uint64
 	// snapping is set while a background snapshot is being written;
 	// snapDone receives its outcome.
 	snapping bool
 	snapDone chan error
 	snapWG   sync.WaitGroup
+	// applier applies committed entries off the loop (nil with
+	// SyncStorageWrites).
+	applier *applier
 	// persist writes Readies off the loop (nil with SyncStorageWrites);
 	// pendingSnap is a snapshot from the leader handed to it and not yet
 	// acknowledged durable, which the loop installs on the ack.
@@ -250,13 +258,14 @@ func Start(cfg Config, storage Storage, transport Transport, sm StateMachine, bo
 		waiters:   map[uint64]*proposalReq{},
 		reads:     map[string][]*readReq{},
 		snapIndex: snap.Meta.Index,
-		applied:   snap.Meta.Index,
 		leaderc:   make(chan struct{}),
 		snapDone:  make(chan error, 1),
 	}
 	n.term.Store(hs.Term)
+	n.applied.Store(snap.Meta.Index)
 	if !cfg.SyncStorageWrites {
 		n.persist = newPersister(storage, transport)
+		n.applier = newApplier(n, rn.ConfState())
 	}
 	go n.run()
 	return n, nil
@@ -492,10 +501,14 @@ func (n *Node) run() {
 	tickc, stopTicker := n.cfg.Clock.NewTicker(n.cfg.TickInterval)
 	defer stopTicker()
 	defer n.failAll()
-	var ackc chan struct{}
+	var ackc, appliedc chan struct{}
+	snapDone := n.snapDone
 	if n.persist != nil {
 		defer n.persist.stop() // before storage may be closed
+		defer n.applier.stop() // before failAll reads the waiters
 		ackc = n.persist.ackc
+		appliedc = n.applier.appliedc
+		snapDone = nil // the applier's
 	}
 	for {
 		// Block for one event, then take whatever else is already queued
@@ -516,7 +529,13 @@ func (n *Node) run() {
 			ch <- n.rn.Status()
 		case to := <-n.xferc:
 			_ = n.rn.TransferLeadership(to)
-		case err := <-n.snapDone:
+		case <-appliedc:
+			if err := n.applier.error(); err != nil {
+				n.fatal(err)
+				return
+			}
+			n.completeReads()
+		case err := <-snapDone:
 			n.snapping = false
 			if err != nil && !errors.Is(err, raft.ErrSnapOutOfDate) {
 				n.fatal(fmt.Errorf("raftnode: snapshot: %w", err))
@@ -574,11 +593,10 @@ func (n *Node) handleAcks() error {
 		n.rn.AckWrite(a)
 		n.term.Store(a.HardState.Term)
 		if a.Snapshot != 0 && n.pendingSnap != nil && n.pendingSnap.Index == a.Snapshot {
-			meta := *n.pendingSnap
+			// Durable now: install it, in order with the entries
+			// applied before it and after it.
+			n.applier.submit(applyJob{restore: n.pendingSnap})
 			n.pendingSnap = nil
-			if err := n.restore(meta); err != nil {
-				return err
-			}
 		}
 	}
 	return err
@@ -616,7 +634,9 @@ func (n *Node) handlePropose(p *proposalReq) {
 		return
 	}
 	p.index, p.term = idx, term
+	n.waitMu.Lock()
 	n.waiters[idx] = p
+	n.waitMu.Unlock()
 }
 
 // handleReads issues one ReadIndex request for a batch of callers: a
@@ -671,16 +691,29 @@ func (n *Node) handleReady() error {
 		// They depend on writes still in progress: after them.
 		n.persist.submit(job)
 	}
-	// The core hands out only entries that are durable here.
-	n.apply(rd.CommittedEntries)
 	for _, rs := range rd.ReadStates {
 		for _, r := range n.reads[string(rs.RequestCtx)] {
 			r.index, r.ready = rs.Index, true
 		}
 	}
 	n.rn.Advance(rd)
+	// The core hands out only entries that are durable here. They apply
+	// on the applier; a batch with a membership change carries the
+	// membership after it (Advance has applied it to the core), for the
+	// snapshots the applier takes.
+	if len(rd.CommittedEntries) > 0 {
+		job := applyJob{ents: rd.CommittedEntries}
+		for i := range rd.CommittedEntries {
+			if rd.CommittedEntries[i].Type == raft.EntryConfChange {
+				cs := n.rn.ConfState()
+				job.cs = &cs
+				break
+			}
+		}
+		n.applier.submit(job)
+	}
 	n.completeReads()
-	return n.maybeSnapshot()
+	return nil
 }
 
 // handleReadySync handles a Ready with SyncStorageWrites: persist, then
@@ -736,7 +769,7 @@ func (n *Node) handleReadySync() error {
 	}
 	n.rn.Advance(rd)
 	n.completeReads()
-	return n.maybeSnapshot()
+	return n.maybeSnapshot(n.rn.ConfState())
 }
 
 func (n *Node) onSoftState(ss raft.SoftState) {
@@ -777,30 +810,39 @@ func (n *Node) restore(meta raft.SnapshotMeta) error {
 		return fmt.Errorf("raftnode: restoring snapshot %d: %w", meta.Index, err)
 	}
 	n.logger.Info("raftnode: installed snapshot", "index", meta.Index, "term", meta.Term)
-	n.applied = meta.Index
+	n.applied.Store(meta.Index)
 	n.snapIndex = meta.Index
 	// Proposals at or below the snapshot may or may not be in it.
+	n.waitMu.Lock()
 	for idx, p := range n.waiters {
 		if idx <= meta.Index {
 			p.done <- proposalResult{index: idx, err: ErrOutcomeUnknown}
 			delete(n.waiters, idx)
 		}
 	}
+	n.waitMu.Unlock()
 	return nil
 }
 
 func (n *Node) apply(ents []raft.Entry) {
+	applied := n.applied.Load()
 	for _, e := range ents {
-		if e.Index <= n.applied {
+		if e.Index <= applied {
 			continue
 		}
 		result := n.sm.Apply(e)
-		n.applied = e.Index
+		applied = e.Index
+		n.applied.Store(applied)
 		if e.Type == raft.EntryConfChange {
 			n.onConfChange(e)
 		}
-		if p, ok := n.waiters[e.Index]; ok {
+		n.waitMu.Lock()
+		p, ok := n.waiters[e.Index]
+		if ok {
 			delete(n.waiters, e.Index)
+		}
+		n.waitMu.Unlock()
+		if ok {
 			if p.term == e.Term {
 				p.done <- proposalResult{index: e.Index, result: result}
 			} else {
@@ -834,10 +876,11 @@ func (n *Node) onConfChange(e raft.Entry) {
 }
 
 func (n *Node) completeReads() {
+	applied := n.applied.Load()
 	for ctx, rs := range n.reads {
 		keep := rs[:0]
 		for _, r := range rs {
-			if r.ready && r.index <= n.applied {
+			if r.ready && r.index <= applied {
 				r.done <- readResult{index: r.index}
 			} else {
 				keep = append(keep, r)
@@ -851,22 +894,24 @@ func (n *Node) completeReads() {
 	}
 }
 
-func (n *Node) maybeSnapshot() error {
-	if n.cfg.SnapshotEntries < 0 || n.applied < n.snapIndex+uint64(n.cfg.SnapshotEntries) || n.snapping {
+// maybeSnapshot snapshots the state machine at its applied index, whose
+// membership is cs, once SnapshotEntries entries were applied since the
+// last snapshot. It runs where entries are applied.
+func (n *Node) maybeSnapshot(cs raft.ConfState) error {
+	idx := n.applied.Load()
+	if n.cfg.SnapshotEntries < 0 || idx < n.snapIndex+uint64(n.cfg.SnapshotEntries) || n.snapping {
 		return nil
 	}
-	if n.pendingSnap != nil {
+	if n.applier == nil && n.pendingSnap != nil {
 		// The core's membership is already the incoming snapshot's, but
 		// the state machine is not restored from it yet.
 		return nil
 	}
-	idx := n.applied
 	if capt, ok := n.sm.(SnapshotCapturer); ok {
 		write, err := capt.CaptureSnapshot()
 		if err != nil {
 			return fmt.Errorf("raftnode: capturing snapshot at %d: %w", idx, err)
 		}
-		cs := n.rn.ConfState()
 		n.snapping = true
 		n.snapIndex = idx
 		n.snapWG.Add(1)
@@ -880,7 +925,7 @@ func (n *Node) maybeSnapshot() error {
 		}()
 		return nil
 	}
-	err := n.storage.CreateSnapshot(idx, n.rn.ConfState(), n.cfg.KeepEntries, n.sm.Snapshot)
+	err := n.storage.CreateSnapshot(idx, cs, n.cfg.KeepEntries, n.sm.Snapshot)
 	if err != nil {
 		return fmt.Errorf("raftnode: snapshot at %d: %w", idx, err)
 	}
@@ -892,9 +937,12 @@ func (n *Node) maybeSnapshot() error {
 // failAll answers every pending call when the node stops.
 func (n *Node) failAll() {
 	err := n.stoppedErr()
+	n.waitMu.Lock()
 	for idx, p := range n.waiters {
 		p.done <- proposalResult{index: idx, err: fmt.Errorf("%w: %w", ErrOutcomeUnknown, err)}
 	}
+	n.waiters = map[uint64]*proposalReq{}
+	n.waitMu.Unlock()
 	for _, rs := range n.reads {
 		for _, r := range rs {
 			r.done <- readResult{err: err}

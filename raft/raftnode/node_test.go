@@ -90,9 +90,11 @@ func testConfig(id uint64) Config {
 	}
 }
 
-func newCluster(t *testing.T, n int) *cluster {
+func newCluster(t *testing.T, n int) *cluster { return newClusterWith(t, n, testConfig) }
+
+func newClusterWith(t *testing.T, n int, cfg func(id uint64) Config) *cluster {
 	c := &cluster{t: t, net: NewMemNetwork(), nodes: map[uint64]*Node{}, sms: map[uint64]*kvSM{},
-		storages: map[uint64]*MemStorage{}, cfg: testConfig}
+		storages: map[uint64]*MemStorage{}, cfg: cfg}
 	var ids []uint64
 	for i := 1; i <= n; i++ {
 		ids = append(ids, uint64(i))

@@ -1,0 +1,109 @@
+package raftnode
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cairn-db/cairn/raft"
+)
+
+// The scenarios of node_test.go with the synchronous driver
+// (SyncStorageWrites), which must keep working.
+func TestSyncWritesScenarios(t *testing.T) {
+	syncCfg := func(id uint64) Config {
+		c := testConfig(id)
+		c.SyncStorageWrites = true
+		return c
+	}
+	t.Run("replicate", func(t *testing.T) {
+		c := newClusterWith(t, 3, syncCfg)
+		ctx := ctxT(t)
+		for i := range 20 {
+			c.put(ctx, fmt.Sprintf("k%d", i), "v")
+		}
+		for id := range c.nodes {
+			if got := c.linearizableGet(ctx, id, "k19"); got != "v" {
+				t.Fatalf("node %d: k19=%q", id, got)
+			}
+		}
+	})
+	t.Run("catch up by snapshot", func(t *testing.T) {
+		c := newClusterWith(t, 3, syncCfg)
+		ctx := ctxT(t)
+		c.put(ctx, "a", "1")
+		old := c.leader(ctx).ID()
+		c.stop(old)
+		for i := range 120 {
+			c.put(ctx, fmt.Sprintf("x%d", i), "y")
+		}
+		c.start(old, nil)
+		if got := c.linearizableGet(ctx, old, "x119"); got != "y" {
+			t.Fatalf("restarted node %d: x119=%q", old, got)
+		}
+	})
+}
+
+// blockingSM is a kvSM whose Apply can be held.
+type blockingSM struct {
+	*kvSM
+	mu   sync.Mutex
+	gate chan struct{} // non-nil: Apply waits for it to close
+}
+
+func (s *blockingSM) Apply(e raft.Entry) any {
+	s.mu.Lock()
+	g := s.gate
+	s.mu.Unlock()
+	if g != nil {
+		<-g
+	}
+	return s.kvSM.Apply(e)
+}
+
+// TestSlowApplyDoesNotStallRaft: while the leader's state machine is
+// stuck in Apply for several election timeouts, the leader keeps its
+// leadership (heartbeats go on) and keeps committing: followers apply new
+// entries. Then the leader catches up and answers its proposal.
+func TestSlowApplyDoesNotStallRaft(t *testing.T) {
+	c := newCluster(t, 3)
+	ctx := ctxT(t)
+	c.put(ctx, "a", "1")
+	ld := c.leader(ctx)
+	id, term := ld.ID(), ld.Term()
+	// Hold the leader's applies: swap in a wrapper while its applier is
+	// idle (the proposal below orders the swap before the next Apply).
+	bsm := &blockingSM{kvSM: c.sms[id], gate: make(chan struct{})}
+	ld.sm = bsm
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := ld.Propose(ctx, []byte("b=2"))
+		done <- err
+	}()
+	// 30 ticks of 5ms: three election timeouts.
+	deadline := time.Now().Add(150 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		select {
+		case err := <-done:
+			t.Fatalf("proposal returned while Apply is held: %v", err)
+		default:
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for fid := range c.nodes {
+		if fid == id {
+			continue
+		}
+		if v, _ := c.sms[fid].get("b"); v != "2" {
+			t.Errorf("follower %d has not applied b=2 while the leader's Apply is held", fid)
+		}
+	}
+	if got := ld.Term(); got != term || ld.Leader() != id {
+		t.Fatalf("leadership changed while Apply was held: term %d->%d, leader %d", term, got, ld.Leader())
+	}
+	close(bsm.gate)
+	if err := <-done; err != nil {
+		t.Fatalf("proposal: %v", err)
+	}
+}
