@@ -1,6 +1,7 @@
 package raft_test
 
 import (
+	"math/rand/v2"
 	"testing"
 
 	"github.com/cairn-db/cairn/raft"
@@ -233,5 +234,51 @@ func TestAsyncCandidateWinsByOthersVotes(t *testing.T) {
 	n.persist(len(n.pending))
 	if m := n.rn.Status().Progress[1].Match; m != 4 {
 		t.Fatalf("leader Match %d after, want 4", m)
+	}
+}
+
+// TestElectionTickAdvance: with PreVote, a started node campaigns within
+// one election timeout; a single voter becomes leader within ElectionTick
+// ticks instead of at least ElectionTick.
+func TestElectionTickAdvance(t *testing.T) {
+	for seed := uint64(1); seed <= 20; seed++ {
+		for _, advance := range []bool{false, true} {
+			st := raft.NewMemoryStorage()
+			rn, err := raft.NewRawNode(&raft.Config{ID: 1, Storage: st, ElectionTick: 10, HeartbeatTick: 1,
+				PreVote: true, ElectionTickAdvance: advance, Rand: rand.New(rand.NewPCG(seed, 1))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := rn.Bootstrap([]uint64{1}); err != nil {
+				t.Fatal(err)
+			}
+			ticks := 0
+			for rn.Status().State != raft.StateLeader {
+				for rn.HasReady() {
+					rd := rn.Ready()
+					if err := st.Append(rd.Entries); err != nil {
+						t.Fatal(err)
+					}
+					if !rd.HardState.IsEmpty() {
+						st.SetHardState(rd.HardState)
+					}
+					rn.Advance(rd)
+				}
+				if rn.Status().State == raft.StateLeader {
+					break
+				}
+				rn.Tick()
+				ticks++
+				if ticks > 40 {
+					t.Fatal("no leader after 40 ticks")
+				}
+			}
+			if advance && (ticks < 1 || ticks > 10) {
+				t.Fatalf("seed %d: leader after %d ticks with ElectionTickAdvance, want 1..10", seed, ticks)
+			}
+			if !advance && ticks < 10 {
+				t.Fatalf("seed %d: leader after %d ticks without ElectionTickAdvance, want >= 10", seed, ticks)
+			}
+		}
 	}
 }

@@ -54,6 +54,16 @@ type Config struct {
 	// only up to the last locally durable index. Without it, Advance
 	// itself reports the Ready persisted (the synchronous contract).
 	AsyncStorageWrites bool
+	// ElectionTickAdvance makes a node that starts (or restarts) count
+	// ElectionTick-1 ticks as already elapsed, so it campaigns after a
+	// randomized 1..ElectionTick ticks instead of ElectionTick..
+	// 2*ElectionTick-1 if it hears from no leader: a restarted cluster, or
+	// a single voter, elects a leader one election timeout sooner (etcd's
+	// --initial-election-tick-advance). It takes effect only with PreVote:
+	// a node that campaigns early while a leader is alive then only asks
+	// whether it could win, and peers that heard from the leader refuse
+	// (with CheckQuorum), so the early campaign cannot depose it.
+	ElectionTickAdvance bool
 	// Rand supplies election jitter. Pass a seeded source for
 	// reproducible runs. Default: a PCG seeded from ID.
 	Rand *rand.Rand

@@ -84,6 +84,8 @@ type raft struct {
 	// asyncWrites: the driver persists Readies after Advance and reports
 	// them durable with AckWrite (Config.AsyncStorageWrites).
 	asyncWrites bool
+	// electionTickAdvance: see Config.ElectionTickAdvance.
+	electionTickAdvance bool
 
 	// bcastPending: appends to every follower are due (see bcastAppend).
 	bcastPending bool
@@ -113,19 +115,20 @@ func newRaft(c *Config) (*raft, error) {
 		return nil, fmt.Errorf("raft: storage initial state: %w", err)
 	}
 	r := &raft{
-		id:               c.ID,
-		log:              l,
-		lead:             None,
-		trk:              newTracker(c.MaxInflightMsgs, c.MaxInflightBytes),
-		logger:           c.Logger,
-		rand:             c.Rand,
-		maxMsgSize:       c.MaxSizePerMsg,
-		electionTimeout:  c.ElectionTick,
-		heartbeatTimeout: c.HeartbeatTick,
-		checkQuorum:      c.CheckQuorum,
-		preVote:          c.PreVote,
-		asyncWrites:      c.AsyncStorageWrites,
-		readOnly:         newReadOnly(),
+		id:                  c.ID,
+		log:                 l,
+		lead:                None,
+		trk:                 newTracker(c.MaxInflightMsgs, c.MaxInflightBytes),
+		logger:              c.Logger,
+		rand:                c.Rand,
+		maxMsgSize:          c.MaxSizePerMsg,
+		electionTimeout:     c.ElectionTick,
+		heartbeatTimeout:    c.HeartbeatTick,
+		checkQuorum:         c.CheckQuorum,
+		preVote:             c.PreVote,
+		asyncWrites:         c.AsyncStorageWrites,
+		electionTickAdvance: c.ElectionTickAdvance && c.PreVote,
+		readOnly:            newReadOnly(),
 	}
 	r.applyConfState(cs)
 	// A snapshot implies its index is committed even if the hard state's
@@ -157,6 +160,7 @@ func newRaft(c *Config) (*raft, error) {
 		return nil, err
 	}
 	r.becomeFollower(r.term, None)
+	r.advanceElection()
 	r.logger.Info("raft: node started", "id", r.id, "term", r.term, "commit", r.log.committed,
 		"applied", r.log.applied, "last", r.log.lastIndex(), "voters", r.trk.voters, "learners", r.trk.learners)
 	return r, nil
@@ -365,6 +369,15 @@ func (r *raft) appendEntry(es ...Entry) {
 	// The leader's own Match advances only when Advance reports the
 	// entries durable: the leader counts towards a quorum only for what
 	// is on its disk.
+}
+
+// advanceElection implements Config.ElectionTickAdvance when a node
+// starts: the randomized timeout is in [ElectionTick, 2*ElectionTick), so
+// the first campaign comes 1..ElectionTick ticks from now.
+func (r *raft) advanceElection() {
+	if r.electionTickAdvance {
+		r.electionElapsed = r.electionTimeout - 1
+	}
 }
 
 func (r *raft) becomeFollower(term, lead uint64) {

@@ -115,6 +115,7 @@ func (rn *RawNode) Bootstrap(voters []uint64) error {
 	r.log.append(ents...)
 	r.log.commitTo(uint64(len(ents)))
 	r.becomeFollower(1, None)
+	r.advanceElection()
 	// Apply the membership now so the node can campaign once the entries
 	// are durable; applying them again from CommittedEntries is a no-op.
 	for _, id := range ids {

@@ -62,6 +62,9 @@ type Options struct {
 	// stepping messages; crashes lose the queued writes or tear the one
 	// being completed.
 	AsyncWrites bool
+	// ElectionTickAdvance sets raft.Config.ElectionTickAdvance: started
+	// and restarted nodes campaign (pre-vote) within one election timeout.
+	ElectionTickAdvance bool
 
 	// Log, if set, receives a line per event (for replaying a seed).
 	Log io.Writer
@@ -88,6 +91,8 @@ func Default(seed uint64) Options {
 		// Three seeds in four run the asynchronous write path (the
 		// driver's default); the rest keep the synchronous one covered.
 		AsyncWrites: seed%4 != 0,
+		// Every other seed: restarted nodes campaign early.
+		ElectionTickAdvance: seed%2 == 1,
 	}
 }
 
@@ -292,14 +297,15 @@ func (s *Sim) newNode(id uint64, storage disk) (*simNode, error) {
 		Applied:       snap.Meta.Index,
 		// Small messages and windows make flow control and batching
 		// paths run (FoundationDB's BUGGIFY idea).
-		MaxSizePerMsg:      64,
-		MaxInflightMsgs:    4,
-		MaxInflightBytes:   256,
-		PreVote:            s.opts.PreVote,
-		CheckQuorum:        s.opts.CheckQuorum,
-		AsyncStorageWrites: s.opts.AsyncWrites,
-		Rand:               rand.New(rand.NewPCG(s.opts.Seed, id)),
-		Logger:             slog.New(slog.NewTextHandler(io.Discard, nil)),
+		MaxSizePerMsg:       64,
+		MaxInflightMsgs:     4,
+		MaxInflightBytes:    256,
+		PreVote:             s.opts.PreVote,
+		CheckQuorum:         s.opts.CheckQuorum,
+		AsyncStorageWrites:  s.opts.AsyncWrites,
+		ElectionTickAdvance: s.opts.ElectionTickAdvance,
+		Rand:                rand.New(rand.NewPCG(s.opts.Seed, id)),
+		Logger:              slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}
 	rn, err := raft.NewRawNode(cfg)
 	if err != nil {

@@ -76,7 +76,11 @@ type Config struct {
 	// AsyncStorageWrites), so the loop keeps taking acknowledgements,
 	// proposals and reads while an fsync runs.
 	SyncStorageWrites bool
-	Logger            *slog.Logger
+	// NoElectionTickAdvance turns off raft.Config.ElectionTickAdvance,
+	// which the node otherwise sets (it takes effect with PreVote only): a
+	// started node campaigns within one election timeout, not two.
+	NoElectionTickAdvance bool
+	Logger                *slog.Logger
 }
 
 func (c *Config) setDefaults() {
@@ -210,6 +214,7 @@ func Start(cfg Config, storage Storage, transport Transport, sm StateMachine, bo
 	rc.Storage = storage
 	rc.Applied = snap.Meta.Index
 	rc.AsyncStorageWrites = !cfg.SyncStorageWrites
+	rc.ElectionTickAdvance = rc.ElectionTickAdvance || !cfg.NoElectionTickAdvance
 	if rc.Rand == nil {
 		rc.Rand = rand.New(rand.NewPCG(rc.ID, uint64(time.Now().UnixNano())))
 	}
