@@ -12,8 +12,8 @@
 # --f-keys  keys loaded by workload f (default 1000000; --quick: 10000)
 # --only    comma-separated workload ids to run (a b c d e e2 f)
 # --pprof   CPU-profile every member for SECS seconds from the start of each
-#           first-repetition run (etcd --enable-pprof; Cairn built as
-#           bench/cairnprof, cmd/cairn plus net/http/pprof), and take a 2 s
+#           first-repetition run (both started with --enable-pprof; Cairn
+#           serves it on --listen-metrics, client port + 2), and take a 2 s
 #           execution trace of each Cairn member; in OUT/prof
 #
 # Installs what it needs: Debian's etcd-server and etcd-client (apt-get,
@@ -115,9 +115,7 @@ install_deps() {
 	fi
 	BENCH=$bench
 	log "building cairn and benchcmp"
-	local main=./cmd/cairn
-	((PPROF == 0)) || main=./bench/cairnprof
-	(cd "$ROOT" && go build -o "$CACHE/bin/cairn" "$main" && go build -o "$CACHE/bin/benchcmp" ./bench/benchcmp) ||
+	(cd "$ROOT" && go build -o "$CACHE/bin/cairn" ./cmd/cairn && go build -o "$CACHE/bin/benchcmp" ./bench/benchcmp) ||
 		die "go build failed"
 	CAIRN=$CACHE/bin/cairn
 	BENCHCMP=$CACHE/bin/benchcmp
@@ -155,8 +153,9 @@ start_member() { # system i
 			--heartbeat-interval 100 --election-timeout 1000 \
 			$( ((PPROF == 0)) || echo --enable-pprof) --logger zap --log-level warn >>"$logf" 2>&1 &
 	else
-		CAIRN_BENCH_PPROF=$( ((PPROF == 0)) || echo "127.0.0.1:$((CAIRN_CP[i] + 2))") "$CAIRN" server --name "m$i" --data-dir "$dir" \
+		"$CAIRN" server --name "m$i" --data-dir "$dir" \
 			--listen-client "127.0.0.1:${CAIRN_CP[i]}" --listen-peer "127.0.0.1:${CAIRN_PP[i]}" \
+			$( ((PPROF == 0)) || echo "--enable-pprof --listen-metrics 127.0.0.1:$((CAIRN_CP[i] + 2))") \
 			--initial-cluster "m0=127.0.0.1:${CAIRN_PP[0]},m1=127.0.0.1:${CAIRN_PP[1]},m2=127.0.0.1:${CAIRN_PP[2]}" \
 			--tick-interval 100ms --election-ticks 10 --log-level warn >>"$logf" 2>&1 &
 	fi
