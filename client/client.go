@@ -263,8 +263,14 @@ func (c *Client) doKey(ctx context.Context, write bool, key []byte, op func(ctx 
 	return last
 }
 
-// isDefinite reports errors that prove the write was not applied.
+// isDefinite reports errors that prove the write was not applied by any
+// attempt. A wrong-group answer proves it only for the attempt it
+// answers: an earlier attempt at the shard's old owner may have been
+// applied.
 func isDefinite(err error) bool {
+	if isWrongGroup(err) {
+		return false
+	}
 	switch status.Code(err) {
 	case codes.InvalidArgument, codes.FailedPrecondition, codes.NotFound, codes.OutOfRange, codes.ResourceExhausted, codes.Unimplemented, codes.PermissionDenied, codes.Unauthenticated:
 		return true

@@ -59,7 +59,6 @@ func (p *peer) startSnapshot(m raft.Message) {
 // outcome.
 func (p *peer) sendSnapshot(m raft.Message) {
 	t := p.t
-	defer p.snapBusy.Store(false)
 	start := time.Now()
 	size, err := p.streamSnapshot(m)
 	if err != nil {
@@ -72,6 +71,9 @@ func (p *peer) sendSnapshot(m raft.Message) {
 		t.log.Info("transport: sent snapshot", "peer", p.id, "index", m.Snapshot.Meta.Index,
 			"bytes", size, "duration", time.Since(start))
 	}
+	// Free the slot before reporting: Raft may answer the report with the
+	// next snapshot at once, which must not be dropped as "in flight".
+	p.snapBusy.Store(false)
 	t.cfg.Handler.ReportSnapshot(p.id, err == nil)
 }
 
