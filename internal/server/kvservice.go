@@ -132,9 +132,16 @@ func session(ctx context.Context) (clientID, seq uint64, err error) {
 
 // write replicates a command and waits for this member to apply it.
 func (g *group) write(ctx context.Context, cmd *kv.Command) (*kv.Result, error) {
+	res, _, err := g.writeServed(ctx, cmd)
+	return res, err
+}
+
+// writeServed is write that also returns, for a ranged command in a shard
+// group, which shards the group served when the command applied.
+func (g *group) writeServed(ctx context.Context, cmd *kv.Command) (*kv.Result, []bool, error) {
 	clientID, seq, err := session(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	cmd.ClientID, cmd.Seq = clientID, seq
 	cmd.Time = time.Now().UnixNano()
@@ -144,26 +151,30 @@ func (g *group) write(ctx context.Context, cmd *kv.Command) (*kv.Result, error) 
 	}
 	out, err := g.propose(ctx, kindKV, payload)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	var served []bool
+	if r, ok := out.(*shardkv.RangedResult); ok {
+		out, served = r.Result, r.Served
 	}
 	res := out.(*kv.Result)
 	if res.Err != nil {
 		switch {
 		case errors.Is(res.Err, kv.ErrStaleSequence):
-			return nil, status.Error(codes.FailedPrecondition, res.Err.Error())
+			return nil, nil, status.Error(codes.FailedPrecondition, res.Err.Error())
 		case errors.Is(res.Err, shardkv.ErrWrongGroup):
-			return nil, errWrongGroup(res.Err)
+			return nil, nil, errWrongGroup(res.Err)
 		case errors.Is(res.Err, shardkv.ErrCrossShard):
-			return nil, status.Error(codes.InvalidArgument, "cairn: "+res.Err.Error())
+			return nil, nil, status.Error(codes.InvalidArgument, "cairn: "+res.Err.Error())
 		case errors.Is(res.Err, kv.ErrCorruptCommand):
-			return nil, status.Error(codes.Internal, "cairn: the replicated command could not be decoded: "+res.Err.Error())
+			return nil, nil, status.Error(codes.Internal, "cairn: the replicated command could not be decoded: "+res.Err.Error())
 		}
 		if _, ok := status.FromError(res.Err); ok {
-			return nil, res.Err // already an etcd/gRPC error
+			return nil, nil, res.Err // already an etcd/gRPC error
 		}
-		return nil, status.Error(codes.Internal, res.Err.Error())
+		return nil, nil, status.Error(codes.Internal, res.Err.Error())
 	}
-	return res, nil
+	return res, served, nil
 }
 
 // propose submits an entry and waits until this member applies it. It

@@ -163,6 +163,14 @@ func TestShardedPutGetMove(t *testing.T) {
 	if total != 100 {
 		t.Fatalf("groups hold %d keys, want 100: %+v", total, st)
 	}
+	// A ranged delete runs in every group.
+	del, err := cl.Delete(ctx, "k", clientv3.WithPrefix(), clientv3.WithPrevKV())
+	if err != nil || del.Deleted != 100 || len(del.PrevKvs) != 100 || string(del.PrevKvs[0].Key) != "k000" {
+		t.Fatalf("prefix delete: %v %v", del, err)
+	}
+	if resp, err := cl.Get(ctx, "k", clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil || resp.Count != 0 {
+		t.Fatalf("after prefix delete: %v %v", resp, err)
+	}
 	// Cross-shard transactions are refused.
 	_, err = cl.Txn(ctx).Then(clientv3.OpPut("k000", "x"), clientv3.OpPut("k001", "y"), clientv3.OpPut("k002", "z"), clientv3.OpPut("k003", "w")).Commit()
 	if err == nil || !strings.Contains(err.Error(), "cross-shard") {

@@ -109,45 +109,140 @@ func (k *shardedKV) DeleteRange(ctx context.Context, req *pb.DeleteRangeRequest)
 		return nil, err
 	}
 	h := k.s.sh
-	local := func(ctx context.Context, g *group, _ *shardkv.Group) (*pb.DeleteRangeResponse, error) {
-		res, err := g.write(ctx, &kv.Command{DeleteRange: req})
-		if err != nil {
-			return nil, err
-		}
-		g.fillHeader(&res.DeleteRange.Header)
-		return res.DeleteRange, nil
-	}
-	remote := func(ctx context.Context, cc *grpc.ClientConn) (*pb.DeleteRangeResponse, error) {
-		return pb.NewKVClient(cc).DeleteRange(ctx, req)
-	}
 	gid, err := requestGroup(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if len(req.RangeEnd) == 0 || gid != 0 {
-		return routeShard(ctx, h, h.shardOf(req.Key), local, remote)
+	if len(req.RangeEnd) == 0 {
+		return routeShard(ctx, h, h.shardOf(req.Key), func(ctx context.Context, g *group, _ *shardkv.Group) (*pb.DeleteRangeResponse, error) {
+			res, err := g.write(ctx, &kv.Command{DeleteRange: req})
+			if err != nil {
+				return nil, err
+			}
+			g.fillHeader(&res.DeleteRange.Header)
+			return res.DeleteRange, nil
+		}, func(ctx context.Context, cc *grpc.ClientConn) (*pb.DeleteRangeResponse, error) {
+			return pb.NewKVClient(cc).DeleteRange(ctx, req)
+		})
 	}
-	// A ranged delete runs in every group, each deleting the keys of the
-	// shards it serves. It is not atomic across groups.
-	cfg := h.config()
-	if cfg.Num == 0 {
-		cfg, _ = h.refresh(ctx)
-	}
-	parts, err := scatter(ctx, h, cfg.GroupIDs(), local, remote)
-	if err != nil {
-		return nil, err
-	}
-	out := &pb.DeleteRangeResponse{}
-	for _, p := range parts {
-		out.Deleted += p.Deleted
-		out.PrevKvs = append(out.PrevKvs, p.PrevKvs...)
-		if out.Header == nil || (p.Header != nil && p.Header.Revision > out.Header.Revision) {
-			out.Header = p.Header
+	if gid != 0 {
+		// One group's part of a gathered ranged delete.
+		g := h.groups[gid]
+		if g == nil {
+			return nil, errWrongGroup(fmt.Errorf("group %d has no replica on member %s", gid, k.s.cfg.Name))
 		}
+		resp, served, err := localRangedDelete(ctx, g, req)
+		if err != nil {
+			return nil, err
+		}
+		_ = grpc.SetTrailer(ctx, metadata.Pairs(mdServed, encodeServed(served)))
+		return resp, nil
 	}
-	slices.SortFunc(out.PrevKvs, func(a, b *mvccpb.KeyValue) int { return bytes.Compare(a.Key, b.Key) })
-	k.s.main.fillHeader(&out.Header)
-	return out, nil
+	return h.gatherDelete(ctx, req)
+}
+
+// localRangedDelete runs a ranged delete in a local group replica. It
+// carries no exactly-once session: the gathering member may run it again
+// when a shard was in transit, and then it must delete again (so a
+// retried ranged delete deletes whatever is in the range at that time).
+func localRangedDelete(ctx context.Context, g *group, req *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, []bool, error) {
+	res, served, err := g.writeServed(withoutSession(ctx), &kv.Command{DeleteRange: req})
+	if err != nil {
+		return nil, nil, err
+	}
+	g.fillHeader(&res.DeleteRange.Header)
+	return res.DeleteRange, served, nil
+}
+
+// withoutSession drops the exactly-once session from a request's metadata.
+func withoutSession(ctx context.Context) context.Context {
+	md, ok := metadata.FromIncomingContext(ctx)
+	if !ok {
+		return ctx
+	}
+	md = md.Copy()
+	md.Delete(mdClientID)
+	md.Delete(mdSeq)
+	return metadata.NewIncomingContext(ctx, md)
+}
+
+// gatherDelete runs a ranged delete in every group, each deleting the
+// keys of the shards it serves, until every owned shard was served by
+// some group when the delete applied there. It is not atomic across
+// groups.
+func (h *shardHost) gatherDelete(ctx context.Context, req *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
+	ctx, cancel := context.WithTimeout(withoutSession(ctx), h.s.cfg.RequestTimeout)
+	defer cancel()
+	out := &pb.DeleteRangeResponse{}
+	backoff := 10 * time.Millisecond
+	for {
+		cfg := h.config()
+		if cfg.Num == 0 {
+			var rerr error
+			if cfg, rerr = h.refresh(ctx); rerr == nil && cfg.Num == 0 {
+				return nil, errNoGroups
+			}
+		}
+		gids := cfg.GroupIDs()
+		served := make([][]bool, len(gids))
+		var mu sync.Mutex
+		idx := map[shard.GroupID]int{}
+		for i, gid := range gids {
+			idx[gid] = i
+		}
+		parts, err := scatter(ctx, h, gids, func(ctx context.Context, g *group, app *shardkv.Group) (*pb.DeleteRangeResponse, error) {
+			resp, sv, err := localRangedDelete(ctx, g, req)
+			mu.Lock()
+			served[idx[app.GID()]] = sv
+			mu.Unlock()
+			return resp, err
+		}, func(ctx context.Context, cc *grpc.ClientConn) (*pb.DeleteRangeResponse, error) {
+			var tr metadata.MD
+			resp, err := pb.NewKVClient(cc).DeleteRange(ctx, req, grpc.Trailer(&tr))
+			if err == nil {
+				md, _ := metadata.FromOutgoingContext(ctx)
+				if g := md.Get(mdGroup); len(g) == 1 {
+					var gid shard.GroupID
+					fmt.Sscan(g[0], &gid)
+					mu.Lock()
+					served[idx[gid]] = decodeServed(tr.Get(mdServed), h.nShards)
+					mu.Unlock()
+				}
+			}
+			return resp, err
+		})
+		for _, p := range parts {
+			if p == nil {
+				continue
+			}
+			out.Deleted += p.Deleted
+			out.PrevKvs = append(out.PrevKvs, p.PrevKvs...)
+			if out.Header == nil || (p.Header != nil && p.Header.Revision > out.Header.Revision) {
+				out.Header = p.Header
+			}
+		}
+		if err == nil && covered(cfg, served) {
+			slices.SortFunc(out.PrevKvs, func(a, b *mvccpb.KeyValue) int { return bytes.Compare(a.Key, b.Key) })
+			if out.Header == nil {
+				out.Header = &pb.ResponseHeader{}
+			}
+			h.s.main.fillHeader(&out.Header)
+			return out, nil
+		}
+		if err != nil && !isWrongGroup(err) {
+			return nil, err
+		}
+		if err == nil {
+			err = status.Error(codes.Unavailable, "cairn: some shards are moving between groups; the ranged delete could not reach them in time (the other shards' keys were deleted)")
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 300*time.Millisecond)
+		_, _ = h.refresh(ctx)
+	}
 }
 
 func (k *shardedKV) Txn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse, error) {
@@ -294,7 +389,8 @@ func callRemote[T any](ctx context.Context, h *shardHost, gid shard.GroupID, add
 	return zero, err
 }
 
-// scatter runs a request in every group of gids in parallel.
+// scatter runs a request in every group of gids in parallel. Failed
+// groups leave a zero part.
 func scatter[T any](ctx context.Context, h *shardHost, gids []shard.GroupID,
 	local func(context.Context, *group, *shardkv.Group) (T, error),
 	remote func(context.Context, *grpc.ClientConn) (T, error)) ([]T, error) {
@@ -314,9 +410,11 @@ func scatter[T any](ctx context.Context, h *shardHost, gids []shard.GroupID,
 		}()
 	}
 	wg.Wait()
+	// The parts that succeeded are returned with the first error: a
+	// ranged delete counts what it deleted even when a group failed.
 	for _, err := range errs {
 		if err != nil {
-			return nil, err
+			return out, err
 		}
 	}
 	return out, nil

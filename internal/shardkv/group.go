@@ -185,7 +185,8 @@ type DeleteResult struct {
 
 // Apply applies one payload at a log index. Its result is a *kv.Result
 // for kv commands (with Err wrapping ErrWrongGroup or ErrCrossShard when
-// refused), a *DeleteResult for deletes, and nil otherwise.
+// refused) or a *RangedResult for a ranged delete, a *DeleteResult for
+// shard deletes, and nil otherwise.
 func (g *Group) Apply(index uint64, payload []byte) any {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -288,7 +289,7 @@ func (g *Group) reconfigure(cfg shard.Config) {
 }
 
 // applyKV applies a client command if its shard is served here.
-func (g *Group) applyKV(index uint64, data []byte) *kv.Result {
+func (g *Group) applyKV(index uint64, data []byte) any {
 	cmd, err := kv.UnmarshalCommand(data)
 	if err != nil {
 		return g.store.Apply(index, data) // the store reports corruption
@@ -302,7 +303,27 @@ func (g *Group) applyKV(index uint64, data []byte) *kv.Result {
 		g.store.RecordIndex(index)
 		return &kv.Result{Err: g.wrongGroup(sh)}
 	}
+	if sh < 0 {
+		return &RangedResult{Result: g.store.Apply(index, data), Served: g.servedLocked()}
+	}
 	return g.store.Apply(index, data)
+}
+
+// RangedResult answers a kv command that names no single key (a ranged
+// delete): the store's result, and which shards the group served when it
+// applied, so a caller running it in every group can tell whether some
+// shard (in transit) was served by none of them.
+type RangedResult struct {
+	*kv.Result
+	Served []bool
+}
+
+func (g *Group) servedLocked() []bool {
+	served := make([]bool, g.nShards)
+	for i, st := range g.states {
+		served[i] = st.serves()
+	}
+	return served
 }
 
 func (g *Group) wrongGroup(sh int) error {
@@ -400,10 +421,7 @@ func (g *Group) Range(r *pb.RangeRequest) (*pb.RangeResponse, error) {
 func (g *Group) RangeServed(r *pb.RangeRequest) (*pb.RangeResponse, []bool, error) {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
-	served := make([]bool, g.nShards)
-	for i, st := range g.states {
-		served[i] = st.serves()
-	}
+	served := g.servedLocked()
 	if len(r.RangeEnd) == 0 {
 		if sh := shard.ShardOf(r.Key, g.nShards); !g.states[sh].serves() {
 			return nil, served, g.wrongGroup(sh)

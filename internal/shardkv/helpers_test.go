@@ -68,7 +68,11 @@ func (r *replica) mustReconfigure(cfg shard.Config) {
 // kv applies a kv command.
 func (r *replica) kv(c *kv.Command) *kv.Result {
 	r.t.Helper()
-	res, ok := r.apply(EncodeKV(c.Marshal())).(*kv.Result)
+	out := r.apply(EncodeKV(c.Marshal()))
+	if rr, ok := out.(*RangedResult); ok {
+		out = rr.Result
+	}
+	res, ok := out.(*kv.Result)
 	if !ok || res == nil {
 		r.t.Fatalf("kv command: result is not a *kv.Result")
 	}
