@@ -60,10 +60,6 @@ type WriteAck struct {
 	epoch uint64
 }
 
-// IsEmpty reports whether a has nothing to acknowledge beyond the hard
-// state: no entries and no snapshot.
-func (a WriteAck) IsEmpty() bool { return a.Index == 0 && a.Snapshot == 0 }
-
 // RawNode is the single-threaded Raft core. Its methods must not be called
 // concurrently. Between Ready and Advance the caller must not call any
 // other method. In synchronous mode (the default) the core assumes a Ready

@@ -31,6 +31,7 @@ type applier struct {
 
 	mu      sync.Mutex
 	queue   []applyJob
+	spare   []applyJob // the last batch's array, reused for the queue
 	err     error
 	stopped bool
 
@@ -107,9 +108,13 @@ func (a *applier) run() {
 				return
 			}
 			jobs := a.queue
-			a.queue = nil
+			a.queue = a.spare[:0]
+			a.spare = nil
 			a.mu.Unlock()
 			if len(jobs) == 0 {
+				a.mu.Lock()
+				a.spare = jobs
+				a.mu.Unlock()
 				break
 			}
 			for _, j := range jobs {
@@ -118,6 +123,10 @@ func (a *applier) run() {
 					return
 				}
 			}
+			clear(jobs) // drop references to applied entries
+			a.mu.Lock()
+			a.spare = jobs[:0]
+			a.mu.Unlock()
 			signal(a.appliedc)
 		}
 	}

@@ -147,6 +147,7 @@ type Node struct {
 	// acknowledged durable, which the loop installs on the ack.
 	persist     *persister
 	pendingSnap *raft.SnapshotMeta
+	ackBuf      []raft.WriteAck
 
 	lead    atomic.Uint64
 	term    atomic.Uint64
@@ -593,7 +594,8 @@ func (n *Node) drainQueued(ackc chan struct{}) error {
 // handleAcks passes the persister's completed writes to the core, and
 // installs a snapshot from the leader once it is durable.
 func (n *Node) handleAcks() error {
-	acks, err := n.persist.takeAcks()
+	acks, err := n.persist.takeAcks(n.ackBuf[:0])
+	n.ackBuf = acks
 	for _, a := range acks {
 		n.rn.AckWrite(a)
 		n.term.Store(a.HardState.Term)

@@ -38,10 +38,11 @@ type persister struct {
 	storage   Storage
 	transport Transport
 
-	mu      sync.Mutex
-	queue   []persistJob
-	acks    []raft.WriteAck
-	err     error
+	mu    sync.Mutex
+	queue []persistJob
+	spare []persistJob // the last batch's array, reused for the queue
+	acks  []raft.WriteAck
+	err   error
 	stopped bool
 	busy    bool // a write is in progress
 
@@ -78,14 +79,14 @@ func (p *persister) idle() bool {
 	return len(p.queue) == 0 && !p.busy
 }
 
-// takeAcks returns the acks of completed writes, in order, and the
-// persister's error if a write failed.
-func (p *persister) takeAcks() ([]raft.WriteAck, error) {
+// takeAcks appends the acks of completed writes, in order, to dst and
+// returns it, with the persister's error if a write failed.
+func (p *persister) takeAcks(dst []raft.WriteAck) ([]raft.WriteAck, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	acks := p.acks
-	p.acks = nil
-	return acks, p.err
+	dst = append(dst, p.acks...)
+	p.acks = p.acks[:0]
+	return dst, p.err
 }
 
 // stop makes the persister exit after the write in progress, if any, and
@@ -118,8 +119,17 @@ func (p *persister) run() {
 			for n < len(p.queue) && p.queue[n].snap == nil {
 				n++
 			}
-			batch := p.queue[:n:n]
-			p.queue = p.queue[n:]
+			var batch []persistJob
+			if n == len(p.queue) {
+				// The usual case: take the whole queue and give it the
+				// spare array, so that queueing does not allocate.
+				batch = p.queue
+				p.queue = p.spare[:0]
+				p.spare = nil
+			} else {
+				batch = append([]persistJob(nil), p.queue[:n]...)
+				p.queue = append(p.queue[:0], p.queue[n:]...)
+			}
 			p.busy = true
 			p.mu.Unlock()
 
@@ -137,6 +147,10 @@ func (p *persister) run() {
 				for i := range batch {
 					p.acks = append(p.acks, batch[i].ack)
 				}
+			}
+			clear(batch) // drop references to entries and messages
+			if p.spare == nil {
+				p.spare = batch[:0]
 			}
 			p.mu.Unlock()
 			signal(p.ackc)
