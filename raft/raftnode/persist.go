@@ -38,11 +38,11 @@ type persister struct {
 	storage   Storage
 	transport Transport
 
-	mu    sync.Mutex
-	queue []persistJob
-	spare []persistJob // the last batch's array, reused for the queue
-	acks  []raft.WriteAck
-	err   error
+	mu      sync.Mutex
+	queue   []persistJob
+	spare   []persistJob // the last batch's array, reused for the queue
+	acks    []raft.WriteAck
+	err     error
 	stopped bool
 	busy    bool // a write is in progress
 
