@@ -18,7 +18,10 @@ import (
 // atomic — must show the same total and no negative balance. A lost,
 // doubled or half-applied transfer breaks the total.
 type Bank struct {
-	Prefix   string // account keys are Prefix + index
+	Prefix string // account keys are Prefix + index
+	// Keys, when set, are the account keys instead: sorted, Accounts of
+	// them, all under Prefix (a sharded cluster needs them in one shard).
+	Keys     []string
 	Accounts int
 	Initial  int64 // starting balance of each account
 
@@ -33,7 +36,12 @@ type Bank struct {
 // Total is the amount of money that must always be in the bank.
 func (b *Bank) Total() int64 { return int64(b.Accounts) * b.Initial }
 
-func (b *Bank) key(i int) string { return fmt.Sprintf("%s%03d", b.Prefix, i) }
+func (b *Bank) key(i int) string {
+	if b.Keys != nil {
+		return b.Keys[i]
+	}
+	return fmt.Sprintf("%s%03d", b.Prefix, i)
+}
 
 // Setup creates the accounts once: a transaction that succeeds only if
 // none exists, so it is safe to retry.

@@ -6,10 +6,14 @@ import (
 	"math"
 	"net"
 	"reflect"
+	"sort"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/anishathalye/porcupine"
+
+	"github.com/cairn-db/cairn/client"
 )
 
 // The checkers must reject the anomalies they exist to find; these tests
@@ -298,5 +302,49 @@ func TestProxyRefusesWithoutTarget(t *testing.T) {
 	defer c2.Close()
 	if got, err := roundTrip(c2, "now", time.Second); err != nil || !bytes.Equal([]byte(got), []byte("now")) {
 		t.Fatalf("after SetTarget: %q %v", got, err)
+	}
+}
+
+func TestShardScheduleIsDeterministic(t *testing.T) {
+	a, b := ShardSchedule(7, 90*time.Second), ShardSchedule(7, 90*time.Second)
+	if !reflect.DeepEqual(a, b) || len(a) < 15 {
+		t.Fatalf("schedules differ or are short: %d vs %d ops", len(a), len(b))
+	}
+	ops := map[string]int{}
+	for i, o := range a {
+		ops[o.Op]++
+		if o.At > 87*time.Second || (i > 0 && o.At-a[i-1].At < 1500*time.Millisecond) {
+			t.Fatalf("op %d at %v: outside the run or too close to the previous one", i, o.At)
+		}
+	}
+	if ops["join"] == 0 || ops["leave"] == 0 || ops["move"] == 0 {
+		t.Fatalf("a 90 s schedule lacks a kind of shard operation: %v", ops)
+	}
+}
+
+func TestWorkloadKeysForShards(t *testing.T) {
+	keys := keysInDistinctShards("r", 8, 16)
+	seen := map[int]bool{}
+	for _, k := range keys {
+		sh := client.ShardOf(k, 16)
+		if seen[sh] {
+			t.Fatalf("%v: two keys in shard %d", keys, sh)
+		}
+		seen[sh] = true
+	}
+	if len(keys) != 8 {
+		t.Fatalf("got %d keys", len(keys))
+	}
+	if n := len(keysInDistinctShards("r", 5, 2)); n != 5 {
+		t.Fatalf("more keys than shards: got %d, want 5", n)
+	}
+	bank := keysInOneShard("chaos/bank/", 5, 16)
+	if len(bank) != 5 || !sort.StringsAreSorted(bank) {
+		t.Fatalf("bank keys %v", bank)
+	}
+	for _, k := range bank {
+		if !strings.HasPrefix(k, "chaos/bank/") || client.ShardOf(k, 16) != client.ShardOf(bank[0], 16) {
+			t.Fatalf("bank keys %v are not in one shard under the prefix", bank)
+		}
 	}
 }

@@ -33,6 +33,14 @@ type ClusterConfig struct {
 	Lifetime time.Duration
 	// Seed drives the proxy's loss decisions.
 	Seed uint64
+	// Groups, when ≥ 1, makes the cluster sharded (docs/sharding.md):
+	// every member hosts the shard controller and shard groups
+	// 1..Groups, and StartCluster joins every group once the members
+	// serve. Membership changes are refused in sharded clusters.
+	Groups int
+	// Shards is the shard count of a sharded cluster. Default
+	// DefaultShards.
+	Shards int
 	// Logf logs infrastructure steps. Default: discard.
 	Logf   func(format string, args ...any)
 	Docker Docker
@@ -62,6 +70,10 @@ type Member struct {
 	PeerAddr string
 	// ProxyClientAddr is the proxy link clients use to reach the member.
 	ProxyClientAddr string
+	// GroupClientAddr is a proxy link to the member's client port on the
+	// network's gateway, reachable from the host and from the members: a
+	// sharded cluster's groups are joined with these addresses.
+	GroupClientAddr string
 	State           string
 }
 
@@ -97,6 +109,9 @@ func StartCluster(ctx context.Context, cfg ClusterConfig) (c *Cluster, err error
 	}
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
+	}
+	if cfg.Groups > 0 && cfg.Shards == 0 {
+		cfg.Shards = DefaultShards
 	}
 	var b [4]byte
 	_, _ = rand.Read(b[:])
@@ -156,6 +171,11 @@ func StartCluster(ctx context.Context, cfg ClusterConfig) (c *Cluster, err error
 		if m.ProxyClientAddr, err = c.Proxy.Listen(m.Name, "127.0.0.1:0", ""); err != nil {
 			return nil, err
 		}
+		if cfg.Groups > 0 {
+			if m.GroupClientAddr, err = c.Proxy.Listen(m.Name, c.Gateway+":0", ""); err != nil {
+				return nil, err
+			}
+		}
 	}
 	var initial []string
 	for _, m := range c.members[:cfg.Members] {
@@ -163,6 +183,14 @@ func StartCluster(ctx context.Context, cfg ClusterConfig) (c *Cluster, err error
 	}
 	for i := range cfg.Members {
 		if err := c.create(ctx, i, strings.Join(initial, ","), "new", labels); err != nil {
+			return nil, err
+		}
+	}
+	if c.Sharded() {
+		if err := c.waitShardedServing(ctx, 60*time.Second, false); err != nil {
+			return nil, err
+		}
+		if _, err := c.JoinAll(ctx, 60*time.Second); err != nil {
 			return nil, err
 		}
 	}
@@ -200,10 +228,16 @@ func (c *Cluster) create(ctx context.Context, i int, initial, state string, labe
 	args = append(args, labels...)
 	args = append(args, c.cfg.Image)
 	args = append(args, c.cfg.ServerArgs...)
+	if c.Sharded() {
+		args = append(args, shardServerArgs(c.cfg.Groups, c.cfg.Shards)...)
+	}
 	if _, err := c.d.Run(ctx, args...); err != nil {
 		return err
 	}
 	c.Proxy.SetTarget(m.ProxyClientAddr, m.ClientAddr)
+	if m.GroupClientAddr != "" {
+		c.Proxy.SetTarget(m.GroupClientAddr, m.ClientAddr)
+	}
 	c.mu.Lock()
 	m.State = StateRunning
 	c.mu.Unlock()
@@ -369,8 +403,12 @@ func (c *Cluster) Leader(ctx context.Context) int {
 }
 
 // WaitServing waits until every live member answers a linearizable read
-// by its own address, and returns how long that took.
+// by its own address. In a sharded cluster that is a controller query and
+// a range gathered from every group through the member.
 func (c *Cluster) WaitServing(ctx context.Context, bound time.Duration) error {
+	if c.Sharded() {
+		return c.waitShardedServing(ctx, bound, true)
+	}
 	ctx, cancel := context.WithTimeout(ctx, bound)
 	defer cancel()
 	for _, i := range c.Live() {
@@ -420,6 +458,9 @@ func (c *Cluster) RemoveMember(ctx context.Context, i int) error {
 	}
 	c.setState(i, StateRemoved)
 	c.Proxy.SetTarget(m.ProxyClientAddr, "")
+	if m.GroupClientAddr != "" {
+		c.Proxy.SetTarget(m.GroupClientAddr, "")
+	}
 	_, err = c.d.Run(ctx, "stop", "--time", "5", m.Container)
 	return err
 }

@@ -50,6 +50,15 @@ type Config struct {
 	// not promise linearizability for them, so a run with this set should
 	// find violations: it is the harness's own canary.
 	UnsafeSerializableReads bool
+	// Groups, when ≥ 1, runs a sharded cluster: every member hosts the
+	// shard controller and shard groups 1..Groups, all joined at the
+	// start, and a second, seeded schedule joins and removes groups and
+	// moves shards while the other faults run (membership changes are
+	// left out: sharded clusters refuse them). At the end every group
+	// must settle and garbage collection must be complete.
+	Groups int
+	// Shards is the shard count of a sharded run. Default DefaultShards.
+	Shards int
 	// Logf receives progress lines. Default: discard.
 	Logf func(format string, args ...any)
 	// Docker runs the docker CLI.
@@ -87,6 +96,8 @@ type Result struct {
 	// Linearizable is porcupine's verdict on the history.
 	Linearizable porcupine.CheckResult
 	Lists        ListReport
+	// Shards is the sharded run's report (zero when not sharded).
+	Shards ShardReport
 	// Bank is the transfer workload's report: every atomic read of all
 	// accounts must show the same total.
 	Bank BankReport
@@ -118,6 +129,9 @@ func (r *Result) Summary() string {
 	fmt.Fprintf(&b, "linearizable: %s\n", verdict(r.Linearizable))
 	fmt.Fprintf(&b, "lists: %s\n", r.Lists)
 	fmt.Fprintf(&b, "bank: %s\n", r.Bank)
+	if r.Shards.Ops != nil {
+		fmt.Fprintf(&b, "shards: %s\n", r.Shards)
+	}
 	fmt.Fprintf(&b, "recovery after last heal: %v\n", r.Recovery.Round(time.Millisecond))
 	if len(r.Violations) == 0 {
 		b.WriteString("no violations\n")
@@ -143,10 +157,23 @@ func verdict(c porcupine.CheckResult) string {
 
 // ReplayHint is how to replay a run with the given seed and duration.
 func ReplayHint(seed uint64, d time.Duration) string {
-	return fmt.Sprintf("go test ./tests/chaos -run TestChaos -v -args -seed %d -duration %v   (or: cairn chaos --seed %d --duration %v)", seed, d, seed, d)
+	return fmt.Sprintf("go test ./tests/chaos -run 'TestChaos$' -v -args -seed %d -duration %v   (or: cairn chaos --seed %d --duration %v)", seed, d, seed, d)
 }
 
-// Workload keys: registers (get/put/cas) and append-only lists.
+// ShardedReplayHint is how to replay a sharded run.
+func ShardedReplayHint(seed uint64, d time.Duration, groups int) string {
+	return fmt.Sprintf("go test ./tests/chaos -run 'TestChaosSharded$' -v -args -seed %d -duration %v -groups %d   (or: cairn chaos --groups %d --seed %d --duration %v)", seed, d, groups, groups, seed, d)
+}
+
+func (cfg Config) replayHint() string {
+	if cfg.Groups > 0 {
+		return ShardedReplayHint(cfg.Seed, cfg.Duration, cfg.Groups)
+	}
+	return ReplayHint(cfg.Seed, cfg.Duration)
+}
+
+// Workload keys: registers (get/put/cas) and append-only lists. A
+// sharded run uses more, each in a shard of its own.
 var (
 	registerKeys = []string{"r0", "r1", "r2", "r3"}
 	listKeys     = []string{"l0", "l1"}
@@ -160,6 +187,9 @@ type runner struct {
 
 	mu       sync.Mutex
 	timeline []Event
+
+	registerKeys, listKeys []string
+	shardOps               []ShardOp
 
 	porcupineInfo *porcupine.LinearizationInfo
 	injected      atomic.Int64
@@ -201,6 +231,21 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
 	}
+	if cfg.Groups > 0 {
+		if cfg.Shards == 0 {
+			cfg.Shards = DefaultShards
+		}
+		var kinds []Kind
+		for _, k := range cfg.Kinds {
+			if k != Membership { // refused by sharded clusters
+				kinds = append(kinds, k)
+			}
+		}
+		if len(kinds) == 0 {
+			return nil, errors.New("chaos: a sharded run cannot change membership; pick other fault kinds")
+		}
+		cfg.Kinds = kinds
+	}
 	if cfg.Image == "" {
 		return nil, errors.New("chaos: Config.Image is required (build one with deploy/build-image.sh)")
 	}
@@ -208,7 +253,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return nil, err
 	}
 	res := &Result{Seed: cfg.Seed, Duration: cfg.Duration, Counts: map[string]int{}}
-	cfg.Logf("chaos: seed %d; replay: %s", cfg.Seed, ReplayHint(cfg.Seed, cfg.Duration))
+	cfg.Logf("chaos: seed %d; replay: %s", cfg.Seed, cfg.replayHint())
 	// Every run is bounded: the workload, then at most ~10 minutes of
 	// healing, checking and cleanup.
 	ctx, cancel := context.WithTimeout(ctx, cfg.Duration+cfg.CheckTimeout+8*time.Minute)
@@ -218,11 +263,19 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	res.Steps = Schedule(cfg.Seed, ScheduleConfig{Duration: cfg.Duration, Kinds: cfg.Kinds,
 		MaxMembership: spares, ElectionTimeout: electionTimeout})
 	c, err := StartCluster(ctx, ClusterConfig{Image: cfg.Image, Spares: spares, ServerArgs: chaosServerArgs,
-		Lifetime: cfg.Duration + 30*time.Minute, Seed: cfg.Seed, Logf: cfg.Logf, Docker: cfg.Docker})
+		Lifetime: cfg.Duration + 30*time.Minute, Seed: cfg.Seed, Logf: cfg.Logf, Docker: cfg.Docker,
+		Groups: cfg.Groups, Shards: cfg.Shards})
 	if err != nil {
 		return nil, fmt.Errorf("chaos: starting the cluster: %w", err)
 	}
-	r := &runner{cfg: cfg, c: c, rec: NewRecorder(), logf: cfg.Logf}
+	r := &runner{cfg: cfg, c: c, rec: NewRecorder(), logf: cfg.Logf,
+		registerKeys: registerKeys, listKeys: listKeys}
+	if c.Sharded() {
+		r.registerKeys = keysInDistinctShards("r", 8, cfg.Shards)
+		r.listKeys = keysInDistinctShards("l", 4, cfg.Shards)
+		r.shardOps = ShardSchedule(cfg.Seed, cfg.Duration)
+		res.Shards.Ops = map[string]int{}
+	}
 	defer func() {
 		if res.Failed() || err != nil || cfg.Keep {
 			dir, serr := r.save(res, err)
@@ -235,6 +288,10 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		c.Close()
 	}()
 	r.event("cluster %s up: %d members; schedule of %d faults", c.Run, len(c.Live()), len(res.Steps))
+	if c.Sharded() {
+		r.event("sharded: groups %v, %d shards, %d shard operations planned; register keys %v, list keys %v",
+			c.GroupIDs(), c.Shards(), len(r.shardOps), r.registerKeys, r.listKeys)
+	}
 	err = r.run(ctx, res)
 	return res, err
 }
@@ -249,6 +306,12 @@ func (r *runner) run(ctx context.Context, res *Result) error {
 	var wg sync.WaitGroup
 	// The bank workload runs beside the register and list clients.
 	bank := &Bank{Prefix: "chaos/bank/", Accounts: 5, Initial: 100}
+	if r.c.Sharded() {
+		// A transaction must stay in one shard: every account is in the
+		// same one. The accounts are read by a range over the prefix,
+		// which members gather from every group.
+		bank.Keys = keysInOneShard(bank.Prefix, bank.Accounts, r.c.Shards())
+	}
 	bankClient, err := client.New(client.Config{Endpoints: r.c.ProxyEndpoints(), AttemptTimeout: time.Second, DialTimeout: time.Second})
 	if err != nil {
 		return err
@@ -293,6 +356,13 @@ func (r *runner) run(ctx context.Context, res *Result) error {
 		defer wg.Done()
 		nemErr = r.nemesis(wctx, res.Steps)
 	}()
+	if len(r.shardOps) > 0 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.shardNemesis(wctx, r.shardOps, res.Shards.Ops)
+		}()
+	}
 	wg.Wait()
 	if nemErr != nil {
 		return nemErr
@@ -338,7 +408,7 @@ func (r *runner) run(ctx context.Context, res *Result) error {
 		return err
 	}
 	defer fc.Close()
-	for _, k := range append(append([]string(nil), registerKeys...), listKeys...) {
+	for _, k := range append(append([]string(nil), r.registerKeys...), r.listKeys...) {
 		fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		call := r.rec.Now()
 		in := Input{Op: "get", Key: k}
@@ -361,8 +431,18 @@ func (r *runner) run(ctx context.Context, res *Result) error {
 		res.Violations = append(res.Violations, "bank: "+res.Bank.String())
 	}
 	r.event("bank: %s", res.Bank)
+	if r.c.Sharded() {
+		known := map[string]bool{}
+		for _, k := range append(append(append([]string(nil), r.registerKeys...), r.listKeys...), bank.Keys...) {
+			known[k] = true
+		}
+		r.checkShards(ctx, &res.Shards, known)
+		for _, p := range res.Shards.Problems {
+			res.Violations = append(res.Violations, "shards: "+p)
+		}
+	}
 	listFinal := map[string]string{}
-	for _, l := range listKeys {
+	for _, l := range r.listKeys {
 		if v, ok := final[l]; ok {
 			listFinal[l] = v
 		}
@@ -416,11 +496,11 @@ func (r *runner) client(ctx context.Context, stop context.CancelFunc, id int, cl
 		var in Input
 		switch p := rng.IntN(100); {
 		case p < 25:
-			in = Input{Op: "get", Key: registerKeys[rng.IntN(len(registerKeys))]}
+			in = Input{Op: "get", Key: r.registerKeys[rng.IntN(len(r.registerKeys))]}
 		case p < 45:
-			in = Input{Op: "put", Key: registerKeys[rng.IntN(len(registerKeys))], Value: token}
+			in = Input{Op: "put", Key: r.registerKeys[rng.IntN(len(r.registerKeys))], Value: token}
 		case p < 65:
-			in = Input{Op: "cas", Key: registerKeys[rng.IntN(len(registerKeys))], Value: token}
+			in = Input{Op: "cas", Key: r.registerKeys[rng.IntN(len(r.registerKeys))], Value: token}
 			// Expect what a recent (possibly stale) read saw, so some succeed.
 			sctx, cancel := context.WithTimeout(ctx, time.Second)
 			if g, err := cl.Get(sctx, in.Key, client.WithSerializable()); err == nil && len(g.KVs) == 1 {
@@ -428,9 +508,9 @@ func (r *runner) client(ctx context.Context, stop context.CancelFunc, id int, cl
 			}
 			cancel()
 		case p < 90:
-			in = Input{Op: "append", Key: listKeys[rng.IntN(len(listKeys))], Value: token}
+			in = Input{Op: "append", Key: r.listKeys[rng.IntN(len(r.listKeys))], Value: token}
 		default:
-			in = Input{Op: "get", Key: listKeys[rng.IntN(len(listKeys))]}
+			in = Input{Op: "get", Key: r.listKeys[rng.IntN(len(r.listKeys))]}
 		}
 		// Not ctx: an operation in flight when the workload ends still
 		// gets its answer.
@@ -490,7 +570,13 @@ func (r *runner) nemesis(ctx context.Context, steps []Step) error {
 // victim picks a live, running member: the leader for leader kinds when
 // one answers, otherwise by the step's seeded pick.
 func (r *runner) victim(ctx context.Context, s Step, leader bool) int {
-	if leader {
+	if leader && r.c.Sharded() {
+		// Every member hosts a replica of every group: the leader of
+		// one group (picked by the step) is the victim.
+		if l := r.c.shardLeader(ctx, s.Pick); l >= 0 {
+			return l
+		}
+	} else if leader {
 		if l := r.c.Leader(ctx); l >= 0 {
 			return l
 		}
@@ -646,6 +732,9 @@ func (r *runner) save(res *Result, runErr error) (string, error) {
 	for _, s := range res.Steps {
 		fmt.Fprintf(&tl, "# planned: %s\n", s)
 	}
+	for _, o := range r.shardOps {
+		fmt.Fprintf(&tl, "# planned: %s\n", o)
+	}
 	for _, e := range r.events() {
 		fmt.Fprintf(&tl, "%9.3f  %s\n", e.At.Seconds(), e.What)
 	}
@@ -654,7 +743,7 @@ func (r *runner) save(res *Result, runErr error) (string, error) {
 	if runErr != nil {
 		summary += "ERROR: " + runErr.Error() + "\n"
 	}
-	summary += "replay: " + ReplayHint(r.cfg.Seed, r.cfg.Duration) + "\n"
+	summary += "replay: " + r.cfg.replayHint() + "\n"
 	write("summary.txt", []byte(summary))
 	if r.porcupineInfo != nil {
 		if err := porcupine.VisualizePath(Model, *r.porcupineInfo, filepath.Join(dir, "porcupine.html")); err != nil {
@@ -666,6 +755,28 @@ func (r *runner) save(res *Result, runErr error) (string, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	if r.c.Sharded() {
+		sts, err := r.c.ShardStatuses(ctx)
+		var cfgs []client.ShardConfig
+		if admin, aerr := r.c.Admin(); aerr == nil {
+			for n := int64(1); ; n++ {
+				qctx, qcancel := context.WithTimeout(ctx, 3*time.Second)
+				c, qerr := admin.ShardConfigAt(qctx, n)
+				qcancel()
+				if qerr != nil || (len(cfgs) > 0 && c.Num == cfgs[len(cfgs)-1].Num) {
+					break
+				}
+				cfgs = append(cfgs, c)
+			}
+			admin.Close()
+		}
+		out, _ := json.MarshalIndent(struct {
+			Status  map[string]*client.ShardHostStatus `json:"status"`
+			Err     string                             `json:"status_error,omitempty"`
+			Configs []client.ShardConfig               `json:"configs"`
+		}{sts, errString(err), cfgs}, "", " ")
+		write("shards.json", out)
+	}
 	for i, m := range r.c.Members() {
 		if m.State == StateNew {
 			continue
@@ -673,4 +784,11 @@ func (r *runner) save(res *Result, runErr error) (string, error) {
 		write(filepath.Join("logs", m.Name+".log"), []byte(r.c.Logs(ctx, i)))
 	}
 	return dir, errors.Join(errs...)
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
 }

@@ -26,18 +26,24 @@ func runChaos(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&cfg.Duration, "duration", time.Minute, "how long the workload runs under faults")
 	fs.IntVar(&cfg.MaxOps, "ops", 100000, "bound on operations")
 	fs.IntVar(&cfg.Clients, "clients", 5, "concurrent clients")
+	fs.IntVar(&cfg.Groups, "groups", 0, "run a sharded cluster: every member hosts the controller and shard groups 1..N, and shards are joined, left and moved during the run (0: unsharded)")
+	fs.IntVar(&cfg.Shards, "shards", 0, fmt.Sprintf("shard count with --groups (0: %d)", chaos.DefaultShards))
 	faults := fs.String("faults", "all", fmt.Sprintf("comma-separated fault kinds, or all (%v)", chaos.AllKinds))
 	fs.StringVar(&cfg.ArtifactDir, "artifacts", "", "parent directory for the evidence directory (default $TMPDIR)")
 	fs.BoolVar(&cfg.Keep, "keep", false, "save the evidence directory even when the run passes")
 	quiet := fs.Bool("quiet", false, "print only the summary")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: cairn chaos [flags]\n\nRuns a 3-member cluster in Docker under a seeded fault schedule and checks linearizability,\nacknowledged appends and recovery. Exit status 1 on any violation. See docs/reliability.md.")
+		fmt.Fprintln(stderr, "usage: cairn chaos [flags]\n\nRuns a 3-member cluster in Docker under a seeded fault schedule and checks linearizability,\nacknowledged appends and recovery. With --groups N the cluster is sharded: groups join, leave\nand shards move during the run, and at the end every group must settle and garbage collection\nmust be complete. Exit status 1 on any violation. See docs/reliability.md.")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
+		return 2
+	}
+	if cfg.Groups < 0 || cfg.Shards < 0 || (cfg.Shards > 0 && cfg.Groups == 0) {
+		fmt.Fprintln(stderr, "cairn chaos: --groups must be ≥ 0, and --shards needs --groups")
 		return 2
 	}
 	if fs.NArg() != 0 {
@@ -67,7 +73,11 @@ func runChaos(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if res.Failed() {
-		fmt.Fprintf(stdout, "replay: %s\n", chaos.ReplayHint(cfg.Seed, cfg.Duration))
+		hint := chaos.ReplayHint(cfg.Seed, cfg.Duration)
+		if cfg.Groups > 0 {
+			hint = chaos.ShardedReplayHint(cfg.Seed, cfg.Duration, cfg.Groups)
+		}
+		fmt.Fprintf(stdout, "replay: %s\n", hint)
 		return 1
 	}
 	return 0
