@@ -520,6 +520,27 @@ func (c *Cluster) AddMember(ctx context.Context) (int, error) {
 	return slot, c.create(ctx, slot, strings.Join(initial, ","), "existing", c.labels())
 }
 
+// Crashed returns, for each live member the harness believes running
+// whose container has exited on its own, a line naming it with its exit
+// code and last log line.
+func (c *Cluster) Crashed(ctx context.Context) []string {
+	var out []string
+	for _, i := range c.Live() {
+		m := c.member(i)
+		if m.State != StateRunning {
+			continue
+		}
+		st, err := c.d.Run(ctx, "inspect", "--format", "{{.State.Running}} {{.State.ExitCode}}", m.Container)
+		if err != nil || !strings.HasPrefix(st, "false") {
+			continue
+		}
+		logs := strings.Split(strings.TrimSpace(c.Logs(ctx, i)), "\n")
+		out = append(out, fmt.Sprintf("%s exited on its own (exit code %s); last log line: %s",
+			m.Name, strings.TrimPrefix(st, "false "), logs[len(logs)-1]))
+	}
+	return out
+}
+
 // Logs returns member i's container output.
 func (c *Cluster) Logs(ctx context.Context, i int) string {
 	out, err := c.d.Logs(ctx, c.member(i).Container)

@@ -383,6 +383,10 @@ func (r *runner) run(ctx context.Context, res *Result) error {
 		r.lastHealAt.Store(r.rec.Now())
 	}
 	r.event("all faults healed")
+	for _, crash := range r.c.Crashed(ctx) {
+		r.event("%s", crash)
+		res.Violations = append(res.Violations, "member crashed: "+crash)
+	}
 	if err := r.c.WaitServing(ctx, cfg.Recovery); err != nil {
 		res.Violations = append(res.Violations, fmt.Sprintf("no recovery: %v after the last heal", err))
 	}
