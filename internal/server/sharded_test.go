@@ -257,3 +257,22 @@ func TestShardedBeforeJoin(t *testing.T) {
 		t.Fatalf("put before any join: %v", err)
 	}
 }
+
+func TestCoverage(t *testing.T) {
+	cfg := shard.Config{Num: 3, Shards: []shard.GroupID{1, 1, 2}}
+	a := []bool{true, true, false}
+	b := []bool{false, false, true}
+	both := []bool{false, true, true}
+	if !covered(cfg, [][]bool{a, b}) || !coveredOnce(cfg, [][]bool{a, b}) {
+		t.Fatal("a disjoint cover is a cover")
+	}
+	if covered(cfg, [][]bool{a, {false, false, false}}) {
+		t.Fatal("shard 2 served by no group counts as covered")
+	}
+	if !covered(cfg, [][]bool{a, both}) || coveredOnce(cfg, [][]bool{a, both}) {
+		t.Fatal("shard 1 served twice must fail coveredOnce only")
+	}
+	if !coveredOnce(shard.InitialConfig(3), nil) {
+		t.Fatal("configuration 0 owns nothing")
+	}
+}

@@ -470,7 +470,10 @@ func (h *shardHost) gatherRange(ctx context.Context, req *pb.RangeRequest) (*pb.
 			}
 			return resp, err
 		})
-		if err == nil && covered(cfg, served) {
+		// Each owned shard must come from exactly one group: a shard read
+		// at its old owner before it moved and at its new owner after it
+		// arrived would otherwise appear twice.
+		if err == nil && coveredOnce(cfg, served) {
 			return h.mergeRange(req, order, parts, fullSort), nil
 		}
 		if err != nil && !isWrongGroup(err) {
@@ -490,20 +493,29 @@ func (h *shardHost) gatherRange(ctx context.Context, req *pb.RangeRequest) (*pb.
 }
 
 // covered reports whether every shard that some group owns was served by
-// one of the groups that answered.
+// at least one of the groups that answered.
 func covered(cfg shard.Config, served [][]bool) bool {
+	return coverage(cfg, served, false)
+}
+
+// coveredOnce reports whether every owned shard was served by exactly one
+// of the groups that answered.
+func coveredOnce(cfg shard.Config, served [][]bool) bool {
+	return coverage(cfg, served, true)
+}
+
+func coverage(cfg shard.Config, served [][]bool, once bool) bool {
 	for sh, owner := range cfg.Shards {
 		if owner == shard.NoGroup {
 			continue
 		}
-		ok := false
+		n := 0
 		for _, sv := range served {
 			if sh < len(sv) && sv[sh] {
-				ok = true
-				break
+				n++
 			}
 		}
-		if !ok {
+		if n == 0 || (once && n > 1) {
 			return false
 		}
 	}
