@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"github.com/cairn-db/cairn/raft"
 )
@@ -43,12 +44,15 @@ const (
 // Snapshotter stores snapshot files in one directory, one file per
 // snapshot index. Files are written atomically (temporary file, fsync,
 // rename, directory fsync), so a crash leaves either the whole snapshot
-// or none of it. It is safe for concurrent use as long as no two
-// goroutines save the same index at once.
+// or none of it. It is safe for concurrent use, including two saves of
+// the same index (a member's own snapshot and the leader's arriving at
+// once): each writes its own temporary file, and the last rename wins,
+// which is harmless because both hold the state at that index.
 type Snapshotter struct {
-	fs  FS
-	dir string
-	log *slog.Logger
+	fs   FS
+	dir  string
+	log  *slog.Logger
+	temp atomic.Uint64 // numbers temporary files
 }
 
 // NewSnapshotter returns a Snapshotter for dir, creating dir if needed and
@@ -65,7 +69,7 @@ func NewSnapshotter(fsys FS, dir string, logger *slog.Logger) (*Snapshotter, err
 		return nil, fmt.Errorf("wal: list %s: %w", dir, err)
 	}
 	for _, n := range names {
-		if strings.HasSuffix(n, ".snap.tmp") {
+		if strings.HasSuffix(n, ".tmp") && strings.Contains(n, ".snap") {
 			if err := fsys.Remove(filepath.Join(dir, n)); err != nil {
 				return nil, fmt.Errorf("wal: remove %s: %w", n, err)
 			}
@@ -84,7 +88,7 @@ func (s *Snapshotter) path(index uint64) string {
 // returns nil the snapshot is durable.
 func (s *Snapshotter) Save(meta raft.SnapshotMeta, r io.Reader) (err error) {
 	final := s.path(meta.Index)
-	tmp := final + ".tmp"
+	tmp := fmt.Sprintf("%s.%d.tmp", final, s.temp.Add(1))
 	f, err := s.fs.Create(tmp)
 	if err != nil {
 		return fmt.Errorf("wal: create %s: %w", tmp, err)

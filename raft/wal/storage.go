@@ -554,8 +554,12 @@ func (ds *DiskStorage) CreateSnapshot(index uint64, cs raft.ConfState, r io.Read
 		return ds.err
 	}
 	if t, err := ds.mem.Term(index); index <= ds.snapMeta.Index || err != nil || t != term {
-		// A snapshot from the leader overtook us while we wrote.
-		ds.snap.remove(index)
+		// A snapshot from the leader overtook us while we wrote. If it is
+		// at this very index, the file now holds one of the two images of
+		// the same state and is the current snapshot's: keep it.
+		if index != ds.snapMeta.Index || ds.snapMeta.Term != term {
+			ds.snap.remove(index)
+		}
 		return fmt.Errorf("%w: snapshot %d superseded while being written", raft.ErrSnapOutOfDate, index)
 	}
 	// File first, then marker: a crash in between leaves an orphan file,
