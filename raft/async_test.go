@@ -209,9 +209,12 @@ func TestAsyncCandidateCountsOwnVoteWhenDurable(t *testing.T) {
 	}
 }
 
-// TestAsyncCandidateWinsByOthersVotes: votes from others are durable when
-// sent, so a quorum of them elects the candidate before its own write.
-func TestAsyncCandidateWinsByOthersVotes(t *testing.T) {
+// TestAsyncCandidateWaitsForItsTermEvenWithAQuorum: a quorum of votes
+// from others does not make a candidate leader before its own term and
+// vote are durable. Otherwise it could lead, crash, restart in the
+// previous term, win the same term again and append different entries at
+// the indexes it used in its first tenure (found by the simulator).
+func TestAsyncCandidateWaitsForItsTermEvenWithAQuorum(t *testing.T) {
 	n := newAsyncNode(t, 1, []uint64{1, 2, 3})
 	n.settle()
 	if err := n.rn.Campaign(); err != nil {
@@ -223,10 +226,14 @@ func TestAsyncCandidateWinsByOthersVotes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if s := n.rn.Status(); s.State != raft.StateLeader {
-		t.Fatalf("state %s with two granted votes of three, want Leader", s.State)
+	if s := n.rn.Status(); s.State != raft.StateCandidate {
+		t.Fatalf("state %s with two granted votes of three but its own term not durable, want Candidate", s.State)
 	}
-	// The leader's own Match waits for its writes.
+	n.persist(len(n.pending))
+	if s := n.rn.Status(); s.State != raft.StateLeader {
+		t.Fatalf("state %s once its term is durable, want Leader", s.State)
+	}
+	// The leader's own Match waits for its writes (the no-op at 4).
 	n.drain()
 	if m := n.rn.Status().Progress[1].Match; m != 3 {
 		t.Fatalf("leader Match %d before its writes are durable, want 3", m)
@@ -280,5 +287,27 @@ func TestElectionTickAdvance(t *testing.T) {
 				t.Fatalf("seed %d: leader after %d ticks without ElectionTickAdvance, want >= 10", seed, ticks)
 			}
 		}
+	}
+}
+
+// TestReadIndexRespBeforeMembershipKnown: a node that joined and forwarded
+// a read before its membership entries were applied (with asynchronous
+// writes they apply only once durable) still gets the answer.
+func TestReadIndexRespBeforeMembershipKnown(t *testing.T) {
+	n := newAsyncNode(t, 4, nil)
+	ents := []raft.Entry{{Term: 2, Index: 1}}
+	if err := n.rn.Step(raft.Message{Type: raft.MsgApp, From: 1, To: 4, Term: 2, Entries: ents, Commit: 1}); err != nil {
+		t.Fatal(err)
+	}
+	n.drain()
+	if err := n.rn.ReadIndex([]byte("r1")); err != nil {
+		t.Fatal(err)
+	}
+	n.drain()
+	if err := n.rn.Step(raft.Message{Type: raft.MsgReadIndexResp, From: 1, To: 4, Term: 2, Index: 1, Context: []byte("r1")}); err != nil {
+		t.Fatal(err)
+	}
+	if rd := n.take(); len(rd.ReadStates) != 1 || rd.ReadStates[0].Index != 1 {
+		t.Fatalf("read states %v, want the answer to r1", rd.ReadStates)
 	}
 }

@@ -480,10 +480,13 @@ func (r *raft) campaign(t campaignType) {
 	// once. A real vote counts at once only with synchronous writes: the
 	// driver persists it (in this Ready) before it steps any reply. With
 	// asynchronous writes it counts when the write of our term and vote is
-	// acknowledged (selfVoteDurable): a node that won by a vote it then
-	// lost in a crash could vote again in the same term, and two leaders
-	// could be elected in one term. Votes from others are durable before
-	// they are sent, so they may win the election before our own write is.
+	// acknowledged (selfVoteDurable), and we become leader only then, even
+	// if others' votes already make a quorum. A leader whose term is not
+	// durable could crash, restart in the previous term, campaign again
+	// for the same term and (with the same voters, who durably voted for
+	// it) win it a second time with a different log: two different entries
+	// at one index and term. And a node that won by its own vote and lost
+	// it in a crash could vote for another candidate in the same term.
 	if t == campaignPreElection || !r.asyncWrites {
 		r.trk.recordVote(r.id, true)
 	}
@@ -915,10 +918,13 @@ func (r *raft) stepCandidate(m Message) error {
 		case voteWon:
 			if r.state == StatePreCandidate {
 				r.campaign(campaignElection)
-			} else {
+			} else if _, own := r.trk.votes[r.id]; own {
 				r.becomeLeader()
 				r.bcastAppend()
 			}
+			// Else (asynchronous writes) won by others' votes, but our
+			// own term and vote are not durable yet: selfVoteDurable
+			// makes us leader once they are (see campaign).
 		case voteLost:
 			r.becomeFollower(r.term, None)
 		}

@@ -200,10 +200,13 @@ func (rn *RawNode) Step(m Message) error {
 	if m.Type == MsgSnap && m.Snapshot == nil {
 		return fmt.Errorf("raft: MsgSnap without a snapshot")
 	}
-	if pr := rn.r.trk.progress[m.From]; pr != nil || !m.Type.IsResponse() {
+	if pr := rn.r.trk.progress[m.From]; pr != nil || !m.Type.IsResponse() || m.Type == MsgReadIndexResp {
 		return rn.r.Step(m)
 	}
-	// A response from a node that is no longer a member: ignore it.
+	// A response from a node that is no longer a member: ignore it. A
+	// read index answer is exempt: it answers a read this node asked for,
+	// and a node that just joined may not know the membership yet (its
+	// membership entries apply only once they are durable here).
 	return nil
 }
 

@@ -190,6 +190,10 @@ func (c *cluster) linearizableGet(ctx context.Context, id uint64, k string) stri
 			return v
 		}
 		if ctx.Err() != nil {
+			for nid, nd := range c.nodes {
+				st := nd.Status()
+				c.t.Logf("node %d: %+v; state machine applied %d", nid, st, nd.applied.Load())
+			}
 			c.t.Fatalf("read %s at %d: %v", k, id, err)
 		}
 		if _, err := c.nodes[id].WaitLeader(ctx); err != nil {
