@@ -244,7 +244,7 @@ func TestAsyncCandidateWaitsForItsTermEvenWithAQuorum(t *testing.T) {
 	}
 }
 
-// TestElectionTickAdvance: with PreVote, a started node campaigns within
+// TestElectionTickAdvance: with PreVote and CheckQuorum, a started node campaigns within
 // one election timeout; a single voter becomes leader within ElectionTick
 // ticks instead of at least ElectionTick.
 func TestElectionTickAdvance(t *testing.T) {
@@ -252,7 +252,7 @@ func TestElectionTickAdvance(t *testing.T) {
 		for _, advance := range []bool{false, true} {
 			st := raft.NewMemoryStorage()
 			rn, err := raft.NewRawNode(&raft.Config{ID: 1, Storage: st, ElectionTick: 10, HeartbeatTick: 1,
-				PreVote: true, ElectionTickAdvance: advance, Rand: rand.New(rand.NewPCG(seed, 1))})
+				PreVote: true, CheckQuorum: true, ElectionTickAdvance: advance, Rand: rand.New(rand.NewPCG(seed, 1))})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -59,10 +59,12 @@ type Config struct {
 	// randomized 1..ElectionTick ticks instead of ElectionTick..
 	// 2*ElectionTick-1 if it hears from no leader: a restarted cluster, or
 	// a single voter, elects a leader one election timeout sooner (etcd's
-	// --initial-election-tick-advance). It takes effect only with PreVote:
-	// a node that campaigns early while a leader is alive then only asks
-	// whether it could win, and peers that heard from the leader refuse
-	// (with CheckQuorum), so the early campaign cannot depose it.
+	// --initial-election-tick-advance). It takes effect only with PreVote
+	// and CheckQuorum together: a node that campaigns early while a leader
+	// is alive then only asks whether it could win, and peers that heard
+	// from the leader within an election timeout refuse (the CheckQuorum
+	// lease), so the early campaign cannot depose it. With PreVote alone
+	// peers would grant the pre-vote and a healthy leader could be deposed.
 	ElectionTickAdvance bool
 	// Rand supplies election jitter. Pass a seeded source for
 	// reproducible runs. Default: a PCG seeded from ID.

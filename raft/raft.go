@@ -127,7 +127,7 @@ func newRaft(c *Config) (*raft, error) {
 		checkQuorum:         c.CheckQuorum,
 		preVote:             c.PreVote,
 		asyncWrites:         c.AsyncStorageWrites,
-		electionTickAdvance: c.ElectionTickAdvance && c.PreVote,
+		electionTickAdvance: c.ElectionTickAdvance && c.PreVote && c.CheckQuorum,
 		readOnly:            newReadOnly(),
 	}
 	r.applyConfState(cs)

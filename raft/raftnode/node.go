@@ -77,7 +77,7 @@ type Config struct {
 	// proposals and reads while an fsync runs.
 	SyncStorageWrites bool
 	// NoElectionTickAdvance turns off raft.Config.ElectionTickAdvance,
-	// which the node otherwise sets (it takes effect with PreVote only): a
+	// which the node otherwise sets (it takes effect with PreVote and CheckQuorum only): a
 	// started node campaigns within one election timeout, not two.
 	NoElectionTickAdvance bool
 	Logger                *slog.Logger

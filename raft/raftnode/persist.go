@@ -72,11 +72,14 @@ func (p *persister) submit(j persistJob) {
 	signal(p.wake)
 }
 
-// idle reports whether nothing is queued or being written.
+// idle reports whether nothing is queued or being written, and no write
+// failed: after a failed write, messages that promise durable state (an
+// append acknowledgement for entries the failed write held) must never be
+// sent, so the caller must hand them to the persister, which drops them.
 func (p *persister) idle() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return len(p.queue) == 0 && !p.busy
+	return len(p.queue) == 0 && !p.busy && p.err == nil
 }
 
 // takeAcks appends the acks of completed writes, in order, to dst and
