@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -171,73 +172,101 @@ func withoutSession(ctx context.Context) context.Context {
 // some group when the delete applied there. It is not atomic across
 // groups.
 func (h *shardHost) gatherDelete(ctx context.Context, req *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
-	ctx, cancel := context.WithTimeout(withoutSession(ctx), h.s.cfg.RequestTimeout)
-	defer cancel()
 	out := &pb.DeleteRangeResponse{}
+	err := gather(withoutSession(ctx), h, covered,
+		func(ctx context.Context, g *group, _ *shardkv.Group) (*pb.DeleteRangeResponse, []bool, error) {
+			return localRangedDelete(ctx, g, req)
+		},
+		func(ctx context.Context, cc *grpc.ClientConn, tr *metadata.MD) (*pb.DeleteRangeResponse, error) {
+			return pb.NewKVClient(cc).DeleteRange(ctx, req, grpc.Trailer(tr))
+		},
+		func(parts []*pb.DeleteRangeResponse) {
+			// Every attempt's deletions count, also those of an attempt
+			// that missed a shard in transit.
+			for _, p := range parts {
+				if p == nil {
+					continue
+				}
+				out.Deleted += p.Deleted
+				out.PrevKvs = append(out.PrevKvs, p.PrevKvs...)
+				if out.Header == nil || (p.Header != nil && p.Header.Revision > out.Header.Revision) {
+					out.Header = p.Header
+				}
+			}
+		})
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(out.PrevKvs, func(a, b *mvccpb.KeyValue) int { return bytes.Compare(a.Key, b.Key) })
+	if out.Header == nil {
+		out.Header = &pb.ResponseHeader{}
+	}
+	h.s.main.fillHeader(&out.Header)
+	return out, nil
+}
+
+// gather runs a request in every group of the newest configuration, each
+// answering for the shards it serves and saying which those were, until
+// done accepts the coverage (refreshing the configuration and retrying
+// while a shard is in transit). take receives every attempt's parts; the
+// parts of a group that failed are nil.
+func gather[T any](ctx context.Context, h *shardHost, done func(shard.Config, [][]bool) bool,
+	local func(context.Context, *group, *shardkv.Group) (T, []bool, error),
+	remote func(context.Context, *grpc.ClientConn, *metadata.MD) (T, error),
+	take func([]T)) error {
+	ctx, cancel := context.WithTimeout(ctx, h.s.cfg.RequestTimeout)
+	defer cancel()
 	backoff := 10 * time.Millisecond
 	for {
 		cfg := h.config()
 		if cfg.Num == 0 {
 			var rerr error
 			if cfg, rerr = h.refresh(ctx); rerr == nil && cfg.Num == 0 {
-				return nil, errNoGroups
+				return errNoGroups
 			}
 		}
 		gids := cfg.GroupIDs()
-		served := make([][]bool, len(gids))
-		var mu sync.Mutex
 		idx := map[shard.GroupID]int{}
 		for i, gid := range gids {
 			idx[gid] = i
 		}
-		parts, err := scatter(ctx, h, gids, func(ctx context.Context, g *group, app *shardkv.Group) (*pb.DeleteRangeResponse, error) {
-			resp, sv, err := localRangedDelete(ctx, g, req)
+		served := make([][]bool, len(gids))
+		var mu sync.Mutex
+		record := func(gid shard.GroupID, sv []bool) {
 			mu.Lock()
-			served[idx[app.GID()]] = sv
+			served[idx[gid]] = sv
 			mu.Unlock()
-			return resp, err
-		}, func(ctx context.Context, cc *grpc.ClientConn) (*pb.DeleteRangeResponse, error) {
+		}
+		parts, err := scatter(ctx, h, gids, func(ctx context.Context, g *group, app *shardkv.Group) (T, error) {
+			out, sv, err := local(ctx, g, app)
+			record(app.GID(), sv)
+			return out, err
+		}, func(ctx context.Context, cc *grpc.ClientConn) (T, error) {
 			var tr metadata.MD
-			resp, err := pb.NewKVClient(cc).DeleteRange(ctx, req, grpc.Trailer(&tr))
+			out, err := remote(ctx, cc, &tr)
 			if err == nil {
 				md, _ := metadata.FromOutgoingContext(ctx)
-				if g := md.Get(mdGroup); len(g) == 1 {
-					var gid shard.GroupID
-					fmt.Sscan(g[0], &gid)
-					mu.Lock()
-					served[idx[gid]] = decodeServed(tr.Get(mdServed), h.nShards)
-					mu.Unlock()
+				if v := md.Get(mdGroup); len(v) == 1 {
+					if gid, perr := strconv.ParseUint(v[0], 10, 64); perr == nil {
+						record(shard.GroupID(gid), decodeServed(tr.Get(mdServed), h.nShards))
+					}
 				}
 			}
-			return resp, err
+			return out, err
 		})
-		for _, p := range parts {
-			if p == nil {
-				continue
-			}
-			out.Deleted += p.Deleted
-			out.PrevKvs = append(out.PrevKvs, p.PrevKvs...)
-			if out.Header == nil || (p.Header != nil && p.Header.Revision > out.Header.Revision) {
-				out.Header = p.Header
-			}
-		}
-		if err == nil && covered(cfg, served) {
-			slices.SortFunc(out.PrevKvs, func(a, b *mvccpb.KeyValue) int { return bytes.Compare(a.Key, b.Key) })
-			if out.Header == nil {
-				out.Header = &pb.ResponseHeader{}
-			}
-			h.s.main.fillHeader(&out.Header)
-			return out, nil
+		take(parts)
+		if err == nil && done(cfg, served) {
+			return nil
 		}
 		if err != nil && !isWrongGroup(err) {
-			return nil, err
+			return err
 		}
 		if err == nil {
-			err = status.Error(codes.Unavailable, "cairn: some shards are moving between groups; the ranged delete could not reach them in time (the other shards' keys were deleted)")
+			err = status.Error(codes.Unavailable, "cairn: some shards are moving between groups and could not be reached in time")
 		}
 		select {
 		case <-ctx.Done():
-			return nil, err
+			return err
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, 300*time.Millisecond)
@@ -434,62 +463,22 @@ func (h *shardHost) gatherRange(ctx context.Context, req *pb.RangeRequest) (*pb.
 	if fullSort {
 		sub.Limit = 0 // each group's top few are not the merged top few
 	}
-	ctx, cancel := context.WithTimeout(ctx, h.s.cfg.RequestTimeout)
-	defer cancel()
-	backoff := 10 * time.Millisecond
-	for {
-		cfg := h.config()
-		if cfg.Num == 0 {
-			cfg, _ = h.refresh(ctx) // a member that has just started
-		}
-		gids := cfg.GroupIDs()
-		served := make([][]bool, len(gids))
-		var mu sync.Mutex
-		idx := map[shard.GroupID]int{}
-		for i, gid := range gids {
-			idx[gid] = i
-		}
-		parts, err := scatter(ctx, h, gids, func(ctx context.Context, g *group, app *shardkv.Group) (*pb.RangeResponse, error) {
-			resp, sv, err := h.localRange(ctx, g, app, &sub)
-			mu.Lock()
-			served[idx[app.GID()]] = sv
-			mu.Unlock()
-			return resp, err
-		}, func(ctx context.Context, cc *grpc.ClientConn) (*pb.RangeResponse, error) {
-			var tr metadata.MD
-			resp, err := pb.NewKVClient(cc).Range(ctx, &sub, grpc.Trailer(&tr))
-			if err == nil {
-				md, _ := metadata.FromOutgoingContext(ctx)
-				if g := md.Get(mdGroup); len(g) == 1 {
-					var gid shard.GroupID
-					fmt.Sscan(g[0], &gid)
-					mu.Lock()
-					served[idx[gid]] = decodeServed(tr.Get(mdServed), h.nShards)
-					mu.Unlock()
-				}
-			}
-			return resp, err
-		})
-		// Each owned shard must come from exactly one group: a shard read
-		// at its old owner before it moved and at its new owner after it
-		// arrived would otherwise appear twice.
-		if err == nil && coveredOnce(cfg, served) {
-			return h.mergeRange(req, order, parts, fullSort), nil
-		}
-		if err != nil && !isWrongGroup(err) {
-			return nil, err
-		}
-		if err == nil {
-			err = status.Error(codes.Unavailable, "cairn: some shards are moving between groups; the range could not be read in time")
-		}
-		select {
-		case <-ctx.Done():
-			return nil, err
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 300*time.Millisecond)
-		_, _ = h.refresh(ctx)
+	var parts []*pb.RangeResponse
+	// Each owned shard must come from exactly one group: a shard read at
+	// its old owner before it moved and at its new owner after it arrived
+	// would otherwise appear twice.
+	err := gather(ctx, h, coveredOnce,
+		func(ctx context.Context, g *group, app *shardkv.Group) (*pb.RangeResponse, []bool, error) {
+			return h.localRange(ctx, g, app, &sub)
+		},
+		func(ctx context.Context, cc *grpc.ClientConn, tr *metadata.MD) (*pb.RangeResponse, error) {
+			return pb.NewKVClient(cc).Range(ctx, &sub, grpc.Trailer(tr))
+		},
+		func(p []*pb.RangeResponse) { parts = p })
+	if err != nil {
+		return nil, err
 	}
+	return h.mergeRange(req, order, parts, fullSort), nil
 }
 
 // covered reports whether every shard that some group owns was served by
