@@ -53,7 +53,7 @@ if ((QUICK)); then
 	REPS=1
 	FREPS=1
 fi
-OUT=${OUT:-$CACHE/results/$(date +%Y%m%d-%H%M%S)$( ((QUICK)) && echo -quick)}
+OUT=${OUT:-$CACHE/results/$(date +%Y%m%d-%H%M%S)$( ! ((QUICK)) || echo -quick)}
 
 log() { printf '%s compare.sh: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
