@@ -215,8 +215,12 @@ func (c *Client) doKey(ctx context.Context, write bool, key []byte, op func(ctx 
 		i := int(cur) % len(c.conns)
 		conn := c.conns[i]
 		actx, cancel := context.WithTimeout(ctx, c.cfg.AttemptTimeout)
-		if key != nil {
-			if cc, gid, ok := c.router.target(key, attempt); ok {
+		// In a sharded cluster every other attempt goes through the
+		// configured endpoints without naming a group, so the members
+		// route it: the group addresses in the configuration may not be
+		// reachable from this client (another network, a proxy).
+		if key != nil && attempt%2 == 0 {
+			if cc, gid, ok := c.router.target(key, attempt/2); ok {
 				conn, actx = cc, withGroupMD(actx, gid)
 			}
 		}

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/cairn-db/cairn/client"
 	"github.com/cairn-db/cairn/internal/shard"
 )
 
@@ -314,5 +315,32 @@ func TestShardedLargeShardMoves(t *testing.T) {
 		if err != nil || len(resp.Kvs) != 1 || len(resp.Kvs[0].Value) != 1<<20 {
 			t.Fatalf("get %s after the move: %v", k, err)
 		}
+	}
+}
+
+// TestShardedClientFallsBack: Cairn's client goes straight to the owning
+// group, but when the group's listed address cannot be reached from the
+// client it falls back to the configured endpoints, which route.
+func TestShardedClientFallsBack(t *testing.T) {
+	servers := startShardedCluster(t, 1, "1", 4)
+	addr := servers[0].ClientAddr()
+	unreachable := freeAddr(t) // nothing listens there
+	ctrlCall(t, addr, &shard.Command{Op: shard.OpJoin, Groups: map[shard.GroupID][]string{1: {unreachable}}})
+	c, err := client.New(client.Config{Endpoints: []string{addr}, AttemptTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := c.Put(ctx, "k", "v"); err != nil {
+		t.Fatalf("put: %v", err)
+	}
+	if _, err := c.Append(ctx, "k", "w"); err != nil {
+		t.Fatalf("append: %v", err)
+	}
+	res, err := c.Get(ctx, "k")
+	if err != nil || len(res.KVs) != 1 || res.KVs[0].Value != "vw" {
+		t.Fatalf("get: %+v %v", res, err)
 	}
 }
