@@ -276,3 +276,43 @@ func TestCoverage(t *testing.T) {
 		t.Fatal("configuration 0 owns nothing")
 	}
 }
+
+// TestShardedLargeShardMoves moves a shard bigger than the transport's
+// default message limit (16 MiB; this one holds 17 MiB): it travels as
+// one log entry.
+func TestShardedLargeShardMoves(t *testing.T) {
+	if testing.Short() {
+		t.Skip("moves 17 MiB")
+	}
+	servers := startShardedCluster(t, 3, "1,2", 2)
+	var addrs []string
+	for _, s := range servers {
+		addrs = append(addrs, s.ClientAddr())
+	}
+	ctrlCall(t, addrs[0], &shard.Command{Op: shard.OpJoin, Groups: map[shard.GroupID][]string{1: addrs}})
+	cl := etcdClient(t, addrs[0])
+	ctx := context.Background()
+	value := strings.Repeat("v", 1<<20)
+	var keys []string
+	for i := 0; len(keys) < 17; i++ {
+		k := fmt.Sprintf("big%d", i)
+		if shard.ShardOf([]byte(k), 2) != 1 {
+			continue
+		}
+		keys = append(keys, k)
+		if _, err := cl.Put(ctx, k, value); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := ctrlCall(t, addrs[0], &shard.Command{Op: shard.OpJoin, Groups: map[shard.GroupID][]string{2: addrs}})
+	if cfg.Shards[1] != 2 {
+		cfg = ctrlCall(t, addrs[0], &shard.Command{Op: shard.OpMove, Shard: 1, GID: 2})
+	}
+	waitSettled(t, servers, cfg.Num)
+	for _, k := range keys {
+		resp, err := cl.Get(ctx, k)
+		if err != nil || len(resp.Kvs) != 1 || len(resp.Kvs[0].Value) != 1<<20 {
+			t.Fatalf("get %s after the move: %v", k, err)
+		}
+	}
+}

@@ -11,9 +11,12 @@ import (
 )
 
 // Storage is the durable state of one node: the log and hard state, and
-// snapshot files. The raft.Storage methods are read by the core; the
-// other methods are called only by the node's goroutine, except
-// SaveSnapshot and OpenSnapshot, which a transport may call concurrently.
+// snapshot files. The raft.Storage methods are read by the core on the
+// node's goroutine. With asynchronous writes (the default) Save and
+// ApplySnapshot run on the persister goroutine and CreateSnapshot on a
+// snapshot goroutine, concurrently with those reads; SaveSnapshot and
+// OpenSnapshot may be called by a transport at any time. An
+// implementation must therefore be safe for concurrent use.
 type Storage interface {
 	raft.Storage
 	// Save appends entries (truncating stored entries at and after
