@@ -111,11 +111,10 @@ func (s *Server) checkSize(m interface{ Size() int }) error {
 
 // session reads the exactly-once session from the request metadata.
 func session(ctx context.Context) (clientID, seq uint64, err error) {
-	md, ok := metadata.FromIncomingContext(ctx)
-	if !ok {
-		return 0, 0, nil
-	}
-	ids, seqs := md.Get(mdClientID), md.Get(mdSeq)
+	// ValueFromIncomingContext looks the two keys up without copying
+	// the whole metadata map, as FromIncomingContext would on every
+	// write (the keys are lower case, as gRPC stores them).
+	ids, seqs := metadata.ValueFromIncomingContext(ctx, mdClientID), metadata.ValueFromIncomingContext(ctx, mdSeq)
 	if len(ids) == 0 && len(seqs) == 0 {
 		return 0, 0, nil
 	}

@@ -143,12 +143,23 @@ func Start(cfg Config) (*Server, error) {
 	return s, nil
 }
 
+// streamWorkers is the number of gRPC handler goroutines kept for reuse
+// (grpc.NumStreamWorkers). Idle workers cost only their stacks.
+const streamWorkers = 256
+
 // startServing registers the client services and starts the client and
 // metrics servers.
 func (s *Server) startServing(kvs pb.KVServer) {
 	s.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes+grpcOverhead),
 		grpc.MaxConcurrentStreams(1024),
+		// Reuse handler goroutines instead of starting one per
+		// request: a fresh goroutine grows its stack on every unary
+		// call (runtime.newstack/copystack were 4-5% of a member's CPU
+		// under 100 concurrent puts). A write handler blocks until its
+		// entry commits, so the pool is sized for that many requests in
+		// flight; beyond it gRPC falls back to a goroutine per stream.
+		grpc.NumStreamWorkers(streamWorkers),
 	)
 	pb.RegisterKVServer(s.grpc, kvs)
 	pb.RegisterMaintenanceServer(s.grpc, &maintenanceService{s: s})

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -167,14 +168,17 @@ func (p *peer) run() {
 		}
 		// Everything queued while we waited or dialed goes out in this
 		// batch; the queue bound keeps it bounded.
-	drain:
-		for {
-			select {
-			case m := <-p.queue:
-				batch = append(batch, m)
-			default:
-				break drain
-			}
+		batch = p.drainInto(batch)
+		if len(batch) < coalesceBelow {
+			// Let the goroutines that are ready to run (the Raft loop,
+			// request handlers proposing) queue their messages before
+			// the write: one syscall for several messages, instead of a
+			// write per message. A write on loopback costs more CPU than
+			// the whole encoding of a small batch. With nothing else
+			// runnable the yield returns at once, so a lone message
+			// (one client) is not delayed.
+			runtime.Gosched()
+			batch = p.drainInto(batch)
 		}
 		var err error
 		buf, err = p.writeBatch(conn, bw, batch, buf)
@@ -193,6 +197,22 @@ func (p *peer) run() {
 		batch = batch[:0]
 		if cap(buf) > 2*targetFrameSize {
 			buf = nil // a rare huge message; do not pin its buffer
+		}
+	}
+}
+
+// coalesceBelow is the batch size under which the writer yields once
+// before writing, to let more messages join the batch.
+const coalesceBelow = 8
+
+// drainInto appends to batch everything already queued.
+func (p *peer) drainInto(batch []raft.Message) []raft.Message {
+	for {
+		select {
+		case m := <-p.queue:
+			batch = append(batch, m)
+		default:
+			return batch
 		}
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/cairn-db/cairn/raft"
 )
 
 // BenchmarkAppendSync measures group commit on the real file system: each
@@ -82,6 +84,31 @@ func BenchmarkMemFSAppendSync(b *testing.B) {
 			b.Fatal(err)
 		}
 		if err := w.Sync(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkDiskStorageWrite is the persister's write path on the
+// simulator's file system: a batch of 10 entries of about the size of a
+// workload b put, with a new commit index, synced once.
+func BenchmarkDiskStorageWrite(b *testing.B) {
+	ds, err := OpenDiskStorage(NewMemFS(), "/data", StorageOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ds.Close()
+	ents := make([]raft.Entry, 10)
+	data := make([]byte, 300)
+	next := uint64(1)
+	b.ReportAllocs()
+	for b.Loop() {
+		for i := range ents {
+			ents[i] = raft.Entry{Term: 1, Index: next, Data: data}
+			next++
+		}
+		hs := raft.HardState{Term: 1, Vote: 1, Commit: next - 1}
+		if err := ds.Save(hs, ents, nil); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -74,7 +74,18 @@ type DiskStorage struct {
 	err      error             // sticky: set when a write may have half-happened
 
 	createMu sync.Mutex // serialises CreateSnapshot, which writes without mu
+
+	// Reused by Write under mu: the records of one write and the
+	// encoding of their bodies. WAL.Append copies both into its own
+	// buffer before returning, so nothing refers to them afterwards.
+	recs    []Record
+	scratch []byte
+	ends    []int
 }
+
+// maxScratch bounds the encoding buffer kept between writes, so a rare
+// huge batch does not pin its memory.
+const maxScratch = 1 << 20
 
 var _ raft.Storage = (*DiskStorage)(nil)
 
@@ -421,7 +432,14 @@ func (ds *DiskStorage) Write(hs raft.HardState, ents []raft.Entry, snap *raft.Sn
 		return ds.err
 	}
 	last, _ := ds.mem.LastIndex()
-	var recs []Record
+	recs := ds.recs[:0]
+	defer func() {
+		clear(recs)
+		ds.recs = recs[:0]
+		if cap(ds.scratch) > maxScratch {
+			ds.scratch = nil
+		}
+	}()
 	if !snap.IsEmpty() {
 		m := snap.Meta
 		if m.Index <= ds.snapMeta.Index {
@@ -452,13 +470,29 @@ func (ds *DiskStorage) Write(hs raft.HardState, ents []raft.Entry, snap *raft.Sn
 	if len(ents) > 0 && ents[0].Index > last+1 {
 		return fmt.Errorf("wal: entry %d leaves a gap after last index %d", ents[0].Index, last)
 	}
+	// Encode every body into one reused buffer (which may move as it
+	// grows), remembering where each ends; then slice the records out.
+	buf := ds.scratch[:0]
+	ends := ds.ends[:0]
 	for i := range ents {
-		recs = append(recs, Record{Type: recEntry, Index: ents[i].Index, Data: raft.AppendEntry(nil, &ents[i])})
+		buf = raft.AppendEntry(buf, &ents[i])
+		ends = append(ends, len(buf))
 	}
 	hsChanged := !hs.IsEmpty() && hs != ds.hs
 	if hsChanged {
-		recs = append(recs, Record{Type: recHardState, Data: raft.AppendHardState(nil, hs)})
+		buf = raft.AppendHardState(buf, hs)
+		ends = append(ends, len(buf))
 	}
+	off := 0
+	for i, end := range ends {
+		r := Record{Type: recHardState, Data: buf[off:end:end]}
+		if i < len(ents) {
+			r = Record{Type: recEntry, Index: ents[i].Index, Data: buf[off:end:end]}
+		}
+		recs = append(recs, r)
+		off = end
+	}
+	ds.scratch, ds.ends = buf, ends[:0]
 	if len(recs) == 0 {
 		return nil
 	}
