@@ -36,13 +36,15 @@ func (m *maintenanceService) Status(ctx context.Context, _ *pb.StatusRequest) (*
 	st := m.s.main.node.Status()
 	stats := m.s.main.stats()
 	resp := &pb.StatusResponse{
-		Version:          EtcdVersion,
-		DbSize:           stats.Bytes,
-		DbSizeInUse:      stats.Bytes,
-		Leader:           st.Lead,
-		RaftIndex:        st.LastIndex,
-		RaftTerm:         st.Term,
-		RaftAppliedIndex: st.Applied,
+		Version:     EtcdVersion,
+		DbSize:      stats.Bytes,
+		DbSizeInUse: stats.Bytes,
+		Leader:      st.Lead,
+		RaftIndex:   st.LastIndex,
+		RaftTerm:    st.Term,
+		// The state machine's own index: with the apply goroutine, the
+		// core's applied index runs ahead of what a read would see.
+		RaftAppliedIndex: m.s.main.sm.appliedIndex(),
 		IsLearner:        slices.Contains(st.Config.Learners, m.s.main.id),
 		StorageVersion:   EtcdVersion,
 	}
