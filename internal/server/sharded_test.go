@@ -282,9 +282,6 @@ func TestCoverage(t *testing.T) {
 // default message limit (16 MiB; this one holds 17 MiB): it travels as
 // one log entry.
 func TestShardedLargeShardMoves(t *testing.T) {
-	if testing.Short() {
-		t.Skip("moves 17 MiB")
-	}
 	servers := startShardedCluster(t, 3, "1,2", 2)
 	var addrs []string
 	for _, s := range servers {

@@ -51,29 +51,7 @@ func TestLinearizableUnderCrashes(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for n := 0; ctx.Err() == nil; n++ {
-				in := chaos.Input{Key: keys[crng.IntN(len(keys))]}
-				token := fmt.Sprintf("c%d.%d;", id, n)
-				switch p := crng.IntN(10); {
-				case p < 4:
-					in.Op = "get"
-				case p < 6:
-					in.Op, in.Value = "put", token
-				case p < 8:
-					in.Op, in.Value = "append", token
-				default:
-					in.Op, in.Value = "cas", token
-					// Expect what a recent read saw, to make some succeed.
-					if r, err := cl.Get(ctx, in.Key, client.WithSerializable()); err == nil && len(r.KVs) == 1 {
-						in.Expect = r.KVs[0].Value
-					}
-				}
-				opCtx, opCancel := context.WithTimeout(context.Background(), 4*time.Second)
-				call := rec.Now()
-				out, outcome, err := chaos.Do(opCtx, cl, in)
-				opCancel()
-				rec.Add(id, in, call, out, outcome, err)
-			}
+			runRegisterClient(ctx, crng, cl, id, keys, 20, rec)
 		}()
 	}
 	wg.Wait()

@@ -75,30 +75,7 @@ func TestShardedLinearizable(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for n := 0; ctx.Err() == nil; n++ {
-				in := chaos.Input{Key: keys[crng.IntN(len(keys))]}
-				token := fmt.Sprintf("c%d.%d;", id, n)
-				switch p := crng.IntN(10); {
-				case p < 4:
-					in.Op = "get"
-				case p < 6:
-					in.Op, in.Value = "put", token
-				case p < 9:
-					in.Op, in.Value = "append", token
-				default:
-					in.Op, in.Value = "cas", token
-					gctx, gcancel := context.WithTimeout(ctx, time.Second)
-					if r, err := cl.Get(gctx, in.Key, client.WithSerializable()); err == nil && len(r.KVs) == 1 {
-						in.Expect = r.KVs[0].Value
-					}
-					gcancel()
-				}
-				opCtx, opCancel := context.WithTimeout(context.Background(), 4*time.Second)
-				call := rec.Now()
-				out, outcome, err := chaos.Do(opCtx, cl, in)
-				opCancel()
-				rec.Add(id, in, call, out, outcome, err)
-			}
+			runRegisterClient(ctx, crng, cl, id, keys, 30, rec)
 		}()
 	}
 	wg.Wait()
