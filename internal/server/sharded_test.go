@@ -19,7 +19,7 @@ import (
 
 // startShardedCluster starts n members that each host the controller and
 // the given shard groups.
-func startShardedCluster(t *testing.T, n int, groups string, shards int) []*Server {
+func startShardedCluster(t *testing.T, n int, groups string, shards int, tweaks ...func(*Config)) []*Server {
 	t.Helper()
 	base := t.TempDir()
 	cfgs := make([]Config, n)
@@ -31,6 +31,9 @@ func startShardedCluster(t *testing.T, n int, groups string, shards int) []*Serv
 		cfgs[i].Controller = true
 		cfgs[i].ShardGroups = groups
 		cfgs[i].Shards = shards
+		for _, tw := range tweaks {
+			tw(&cfgs[i])
+		}
 		ic = append(ic, cfgs[i].Name+"="+cfgs[i].ListenPeer)
 	}
 	servers := make([]*Server, n)
@@ -282,7 +285,12 @@ func TestCoverage(t *testing.T) {
 // default message limit (16 MiB; this one holds 17 MiB): it travels as
 // one log entry.
 func TestShardedLargeShardMoves(t *testing.T) {
-	servers := startShardedCluster(t, 3, "1,2", 2)
+	// Replicating a 17 MiB entry under the race detector takes longer
+	// than the tests' usual 100 ms election timeout; give it the default.
+	servers := startShardedCluster(t, 3, "1,2", 2, func(c *Config) {
+		c.TickInterval = 100 * time.Millisecond
+		c.RequestTimeout = 20 * time.Second
+	})
 	var addrs []string
 	for _, s := range servers {
 		addrs = append(addrs, s.ClientAddr())
