@@ -98,6 +98,7 @@ func (s *Server) startGroup(spec groupSpec) (_ *group, err error) {
 		Logger:      g.logger,
 		KeepEntries: s.cfg.SnapshotCatchupEntries,
 		SegmentSize: s.cfg.walSegmentSize,
+		Preallocate: s.cfg.WALPreallocate,
 	})
 	if err != nil {
 		if errors.Is(err, wal.ErrCorrupt) {

@@ -52,10 +52,21 @@ type FS interface {
 	Truncate(name string, size int64) error
 }
 
+// OverwriteFS is an FS that can also open an existing file for writing at
+// an offset, overwriting what is there. The WAL preallocates segments
+// (Options.Preallocate) only on an FS that implements it: MemFS models
+// append-only files and does not.
+type OverwriteFS interface {
+	FS
+	// OpenWriteAt opens the existing file name for writing, starting at
+	// byte off, without truncating it.
+	OpenWriteAt(name string, off int64) (File, error)
+}
+
 // OSFS is the FS of the operating system.
 type OSFS struct{}
 
-var _ FS = OSFS{}
+var _ OverwriteFS = OSFS{}
 
 // Create implements FS.
 func (OSFS) Create(name string) (File, error) {
@@ -65,6 +76,19 @@ func (OSFS) Create(name string) (File, error) {
 // OpenAppend implements FS.
 func (OSFS) OpenAppend(name string) (File, error) {
 	return os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+}
+
+// OpenWriteAt implements OverwriteFS.
+func (OSFS) OpenWriteAt(name string, off int64) (File, error) {
+	f, err := os.OpenFile(name, os.O_WRONLY, 0)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := f.Seek(off, io.SeekStart); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
 }
 
 // Open implements FS.

@@ -35,6 +35,8 @@ const (
 type StorageOptions struct {
 	// SegmentSize is the WAL segment size (see Options).
 	SegmentSize int64
+	// Preallocate zero-fills each WAL segment before use (see Options).
+	Preallocate bool
 	// Logger receives warnings. Nil discards them.
 	Logger *slog.Logger
 	// Metadata is stored when the data directory is created and ignored
@@ -122,6 +124,7 @@ func OpenDiskStorage(fsys FS, dir string, opts StorageOptions) (*DiskStorage, er
 	var ops []replayOp
 	w, err := Open(fsys, filepath.Join(dir, walDir), Options{
 		SegmentSize:   opts.SegmentSize,
+		Preallocate:   opts.Preallocate,
 		Logger:        opts.Logger,
 		SegmentHeader: ds.segmentHeader,
 	}, func(r Record) error {

@@ -1,6 +1,7 @@
 package wal
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -10,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 )
 
 // ErrClosed is returned by operations on a closed WAL.
@@ -32,6 +34,17 @@ type Options struct {
 	// Logger receives warnings, such as a torn tail being truncated.
 	// Nil discards them.
 	Logger *slog.Logger
+	// Preallocate makes every new segment a file of SegmentSize bytes,
+	// filled with zeros and fsynced before the first record goes in, so
+	// that appending overwrites blocks the file system has already
+	// allocated and an fsync only flushes data: growing a file makes
+	// every fsync also commit the file system's journal (new size, new
+	// extents). On ext4 on this project's test machine that cut a 4 KiB
+	// append+fsync from about 140 to about 90 µs at the median and its
+	// CPU cost by about a third (docs/wal.md). The next segment is
+	// prepared in the background once the current one is half full. It
+	// takes effect only on an FS that implements OverwriteFS.
+	Preallocate bool
 	// SegmentHeader, if set, is called whenever a new segment is begun and
 	// its records are written at the start of the segment. A user that
 	// keeps state in records which may be superseded only rarely (a hard
@@ -78,8 +91,10 @@ type WAL struct {
 	log  *slog.Logger
 
 	segs     []segment // oldest first; the last is being written
-	f        File      // the last segment, open for append
+	f        File      // the last segment, open for writing at size
 	size     int64     // bytes in the last segment, buffered ones included
+	prealloc bool      // Options.Preallocate, on an FS that supports it
+	next     *prepared // the next segment's file, being zero-filled
 	buf      []byte    // bytes appended but not yet written to f
 	dirty    bool      // bytes written to f since its last fsync
 	maxIndex uint64    // highest Record.Index ever appended or recovered
@@ -89,6 +104,20 @@ type WAL struct {
 }
 
 type segment struct{ seq, first uint64 }
+
+// preparedName is the file the next preallocated segment is zero-filled
+// in before a roll renames it. It does not parse as a segment name, so a
+// crash that leaves it behind, perhaps half written, leaves no segment;
+// the next preparation truncates and refills it.
+const preparedName = "next.wal.tmp"
+
+// prepared is a zero-filled file being made ready, in the background, to
+// become the next segment.
+type prepared struct {
+	done chan struct{} // closed when err is set
+	err  error
+	stop atomic.Bool // asks the preparation to give up (Close)
+}
 
 func (s segment) name() string { return fmt.Sprintf("%016x-%016x.wal", s.seq, s.first) }
 
@@ -118,6 +147,8 @@ func (w *WAL) path(s segment) string { return filepath.Join(w.dir, s.name()) }
 func Open(fsys FS, dir string, opts Options, replay func(Record) error) (*WAL, error) {
 	opts = opts.withDefaults()
 	w := &WAL{fs: fsys, dir: dir, opts: opts, log: opts.Logger}
+	_, canOverwrite := fsys.(OverwriteFS)
+	w.prealloc = opts.Preallocate && canOverwrite
 	if err := mkdirDurable(fsys, dir); err != nil {
 		return nil, err
 	}
@@ -145,16 +176,40 @@ func Open(fsys FS, dir string, opts Options, replay func(Record) error) (*WAL, e
 		w.stats.Segments = 1
 		return w, nil
 	}
+	var fileLen int64
 	for i, s := range w.segs {
-		if err := w.recoverSegment(s, i == len(w.segs)-1, replay); err != nil {
+		// Records in a segment have indexes at or above the highest
+		// index appended before it began.
+		w.maxIndex = max(w.maxIndex, s.first-1)
+		last := i == len(w.segs)-1
+		n, err := w.recoverSegment(s, last, replay)
+		if err != nil {
 			return nil, err
+		}
+		fileLen = n
+		if !last && w.maxIndex < w.segs[i+1].first-1 {
+			// The next segment began after index first-1 was appended,
+			// so this one (or an earlier one) must have held it.
+			return nil, fmt.Errorf("%w: %s ends at index %d but %s begins at %d: records are missing",
+				ErrCorrupt, s.name(), w.maxIndex, w.segs[i+1].name(), w.segs[i+1].first)
 		}
 	}
 	last := w.segs[len(w.segs)-1]
-	w.maxIndex = max(w.maxIndex, last.first-1)
-	f, err := fsys.OpenAppend(w.path(last))
+	p := w.path(last)
+	var f File
+	if fileLen > w.size {
+		// A preallocated segment: zeros follow the records. Write over
+		// them, or, on an FS that cannot, cut them off and append.
+		if ofs, ok := fsys.(OverwriteFS); ok {
+			f, err = ofs.OpenWriteAt(p, w.size)
+		} else if err = fsys.Truncate(p, w.size); err == nil {
+			f, err = fsys.OpenAppend(p)
+		}
+	} else {
+		f, err = fsys.OpenAppend(p)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("wal: open %s: %w", w.path(last), err)
+		return nil, fmt.Errorf("wal: open %s: %w", p, err)
 	}
 	w.f = f
 	if w.stats.TornBytes > 0 {
@@ -169,37 +224,53 @@ func Open(fsys FS, dir string, opts Options, replay func(Record) error) (*WAL, e
 	return w, nil
 }
 
-func (w *WAL) recoverSegment(s segment, last bool, replay func(Record) error) error {
+// recoverSegment replays the records of segment s and returns the length
+// of its file after recovery, which is more than the records' length if
+// the segment was preallocated.
+func (w *WAL) recoverSegment(s segment, last bool, replay func(Record) error) (int64, error) {
 	p := w.path(s)
 	data, err := w.fs.ReadFile(p)
 	if err != nil {
-		return fmt.Errorf("wal: read %s: %w", p, err)
+		return 0, fmt.Errorf("wal: read %s: %w", p, err)
 	}
+	fileLen := int64(len(data))
 	off := 0
 	for off < len(data) {
 		rec, n, err := decodeRecord(data[off:])
 		if err != nil {
+			if allZero(data[off:]) {
+				// The unwritten rest of a preallocated segment. (A
+				// record's type is never 0, so zeros are never a
+				// record.) In a segment that is not the last, the
+				// index check in Open notices if records are missing.
+				break
+			}
 			if !last {
-				return fmt.Errorf("%w: %s at offset %d: %w", ErrCorrupt, p, off, err)
+				return 0, fmt.Errorf("%w: %s at offset %d: %w", ErrCorrupt, p, off, err)
 			}
-			if q := validRecordAfter(data, off); q >= 0 {
-				return fmt.Errorf("%w: %s at offset %d (valid record follows at offset %d): %w", ErrCorrupt, p, off, q, err)
+			if q := validRecordAfter(data, off); q >= 0 && !hasZeroSector(data[off:q], off) {
+				return 0, fmt.Errorf("%w: %s at offset %d (valid record follows at offset %d): %w", ErrCorrupt, p, off, q, err)
 			}
-			// Nothing valid follows: a write was torn by a crash
-			// before its fsync returned, so no caller was told the
-			// record was durable.
+			// Nothing valid follows, or what does follows a whole
+			// sector of zeros: a write was torn by a crash before its
+			// fsync returned, so no caller was told the record was
+			// durable. (Overwriting a preallocated file, the pages of
+			// one unsynced write can reach the disk in any order: a
+			// later record may survive while an earlier page is still
+			// the zeros the file was filled with.)
 			w.log.Warn("wal: truncating torn tail", "file", p, "offset", off, "bytes", len(data)-off, "reason", err)
 			if err := w.fs.Truncate(p, int64(off)); err != nil {
-				return fmt.Errorf("wal: truncate %s: %w", p, err)
+				return 0, fmt.Errorf("wal: truncate %s: %w", p, err)
 			}
 			w.stats.TornFile, w.stats.TornOffset, w.stats.TornBytes = p, int64(off), int64(len(data)-off)
+			fileLen = int64(off)
 			break
 		}
 		w.maxIndex = max(w.maxIndex, rec.Index)
 		w.stats.Recovered++
 		if replay != nil {
 			if err := replay(rec); err != nil {
-				return err
+				return 0, err
 			}
 		}
 		off += n
@@ -207,16 +278,60 @@ func (w *WAL) recoverSegment(s segment, last bool, replay func(Record) error) er
 	if last {
 		w.size = int64(off)
 	}
-	return nil
+	return fileLen, nil
+}
+
+// sectorSize is the unit a disk writes atomically, at the least.
+const sectorSize = 512
+
+// allZero reports whether every byte of b is zero.
+func allZero(b []byte) bool {
+	for len(b) >= 8 {
+		if binary.LittleEndian.Uint64(b) != 0 {
+			return false
+		}
+		b = b[8:]
+	}
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// hasZeroSector reports whether b, which starts at file offset off,
+// contains a whole sector-aligned sector of zeros.
+func hasZeroSector(b []byte, off int) bool {
+	first := (off + sectorSize - 1) / sectorSize * sectorSize
+	for p := first - off; p+sectorSize <= len(b); p += sectorSize {
+		if allZero(b[p : p+sectorSize]) {
+			return true
+		}
+	}
+	return false
 }
 
 // createSegment creates s, makes its directory entry durable, and writes
-// the segment header records into the buffer.
+// the segment header records into the buffer. With preallocation it
+// renames a prepared zero-filled file into place; if preparing one
+// failed (a full disk, say), it logs why and creates an ordinary file,
+// since the records themselves may still fit.
 func (w *WAL) createSegment(s segment) error {
 	p := w.path(s)
-	f, err := w.fs.Create(p)
-	if err != nil {
-		return fmt.Errorf("wal: create %s: %w", p, err)
+	var f File
+	if w.prealloc {
+		var err error
+		if f, err = w.takePrepared(p); err != nil {
+			w.log.Warn("wal: could not preallocate a segment; appending to a growing file instead", "file", p, "err", err)
+			f = nil
+		}
+	}
+	if f == nil {
+		var err error
+		if f, err = w.fs.Create(p); err != nil {
+			return fmt.Errorf("wal: create %s: %w", p, err)
+		}
 	}
 	if err := w.fs.SyncDir(w.dir); err != nil {
 		f.Close()
@@ -230,6 +345,69 @@ func (w *WAL) createSegment(s segment) error {
 		}
 	}
 	return nil
+}
+
+// startPreparing begins zero-filling the next segment's file in the
+// background, unless that is already under way.
+func (w *WAL) startPreparing() {
+	if w.next != nil {
+		return
+	}
+	pr := &prepared{done: make(chan struct{})}
+	w.next = pr
+	go func() {
+		defer close(pr.done)
+		pr.err = w.prepare(&pr.stop)
+	}()
+}
+
+// prepare writes a file of SegmentSize zeros at preparedName and makes it
+// durable. It touches no WAL state, so it runs without the lock.
+func (w *WAL) prepare(stop *atomic.Bool) error {
+	p := filepath.Join(w.dir, preparedName)
+	f, err := w.fs.Create(p)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", p, err)
+	}
+	zeros := make([]byte, min(w.opts.SegmentSize, 1<<20))
+	for n := int64(0); n < w.opts.SegmentSize; {
+		if stop.Load() {
+			f.Close()
+			return ErrClosed
+		}
+		k := min(int64(len(zeros)), w.opts.SegmentSize-n)
+		if _, err := f.Write(zeros[:k]); err != nil {
+			f.Close()
+			return fmt.Errorf("fill %s: %w", p, err)
+		}
+		n += k
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("fsync %s: %w", p, err)
+	}
+	return f.Close()
+}
+
+// takePrepared waits for the prepared file (preparing it now if nothing
+// was under way), renames it to path and opens it for writing at its
+// start. The caller syncs the directory.
+func (w *WAL) takePrepared(path string) (File, error) {
+	w.startPreparing()
+	pr := w.next
+	<-pr.done
+	w.next = nil
+	if pr.err != nil {
+		return nil, pr.err
+	}
+	if err := w.fs.Rename(filepath.Join(w.dir, preparedName), path); err != nil {
+		return nil, fmt.Errorf("rename to %s: %w", path, err)
+	}
+	f, err := w.fs.(OverwriteFS).OpenWriteAt(path, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	return f, nil
 }
 
 // roll finishes the current segment and starts the next. The old segment
@@ -289,6 +467,9 @@ func (w *WAL) Append(recs ...Record) error {
 		if err := w.roll(); err != nil {
 			return w.fail(err)
 		}
+	}
+	if w.prealloc && w.size >= w.opts.SegmentSize/2 {
+		w.startPreparing()
 	}
 	for _, r := range recs {
 		w.appendOne(r)
@@ -399,5 +580,9 @@ func (w *WAL) Close() error {
 		}
 	}
 	w.closed = true
+	if pr := w.next; pr != nil {
+		pr.stop.Store(true)
+		<-pr.done
+	}
 	return errors.Join(err, w.f.Close())
 }
