@@ -48,8 +48,13 @@ type Config struct {
 	// start an election.
 	TickInterval  time.Duration
 	ElectionTicks int
-	// SnapshotCount: applied entries between snapshots.
+	// SnapshotCount: applied entries between snapshots, at the least.
 	SnapshotCount int64
+	// SnapshotCountMax: applied entries between snapshots, at the most;
+	// between the two, a snapshot waits until the entries since the last
+	// one hold half its size (raftnode.Config.SnapshotMaxEntries). Zero
+	// means five times SnapshotCount.
+	SnapshotCountMax int64
 	// WALPreallocate zero-fills each WAL segment (64 MiB) before use, so
 	// an fsync flushes only data and not also the file system's journal
 	// (docs/wal.md). It costs the segment's size on disk up front.

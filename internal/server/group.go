@@ -142,10 +142,11 @@ func (s *Server) startGroup(spec groupSpec) (_ *group, err error) {
 			PreVote:       true,
 			CheckQuorum:   true,
 		},
-		TickInterval:    s.cfg.TickInterval,
-		SnapshotEntries: s.cfg.SnapshotCount,
-		KeepEntries:     s.cfg.SnapshotCatchupEntries,
-		Logger:          g.logger,
+		TickInterval:       s.cfg.TickInterval,
+		SnapshotEntries:    s.cfg.SnapshotCount,
+		SnapshotMaxEntries: s.cfg.SnapshotCountMax,
+		KeepEntries:        s.cfg.SnapshotCatchupEntries,
+		Logger:             g.logger,
 	}, storage, &countingTransport{Transport: g.transport, m: s.metrics}, g.sm, bootstrap)
 	if err != nil {
 		return nil, fmt.Errorf("cannot start Raft for %s: %w", spec.label, err)

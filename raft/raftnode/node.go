@@ -62,8 +62,18 @@ type Config struct {
 	// Clock supplies ticks. Default RealClock.
 	Clock Clock
 	// SnapshotEntries: snapshot after this many applied entries since the
-	// last snapshot. Default 10000; negative disables.
+	// last snapshot, at the least. Default 10000; negative disables.
 	SnapshotEntries int64
+	// SnapshotMaxEntries: snapshot after this many applied entries at the
+	// most. Between the two, a snapshot waits until the entries applied
+	// since the last one hold at least half as many bytes as that
+	// snapshot had: writing a snapshot costs time proportional to the
+	// state's size, so a fixed interval would make every entry cost more
+	// as the state grows (a store of a million keys was serialized whole
+	// every ten thousand puts). The cap bounds the log kept in memory
+	// and replayed on restart. Default 5×SnapshotEntries; below
+	// SnapshotEntries means SnapshotEntries.
+	SnapshotMaxEntries int64
 	// KeepEntries is how many entries to keep behind a snapshot for
 	// lagging followers. Default 5000.
 	KeepEntries uint64
@@ -93,6 +103,10 @@ func (c *Config) setDefaults() {
 	if c.SnapshotEntries == 0 {
 		c.SnapshotEntries = 10000
 	}
+	if c.SnapshotMaxEntries == 0 {
+		c.SnapshotMaxEntries = 5 * c.SnapshotEntries
+	}
+	c.SnapshotMaxEntries = max(c.SnapshotMaxEntries, c.SnapshotEntries)
 	if c.KeepEntries == 0 {
 		c.KeepEntries = 5000
 	}
@@ -133,6 +147,11 @@ type Node struct {
 	// Owned by whichever goroutine applies (the applier, or run with
 	// SyncStorageWrites); applied is read by run to serve reads.
 	snapIndex uint64
+	// appliedBytes is the size of the entries applied since snapIndex;
+	// owned where entries are applied. snapBytes is the size of the last
+	// snapshot this node wrote, set when writing it finishes.
+	appliedBytes int64
+	snapBytes    atomic.Int64
 	applied   atomic.Uint64
 	// snapping is set while a background snapshot is being written;
 	// snapDone receives its outcome.
@@ -819,6 +838,7 @@ func (n *Node) restore(meta raft.SnapshotMeta) error {
 	n.logger.Info("raftnode: installed snapshot", "index", meta.Index, "term", meta.Term)
 	n.applied.Store(meta.Index)
 	n.snapIndex = meta.Index
+	n.appliedBytes = 0
 	// Proposals at or below the snapshot may or may not be in it.
 	n.waitMu.Lock()
 	for idx, p := range n.waiters {
@@ -838,6 +858,7 @@ func (n *Node) apply(ents []raft.Entry) {
 			continue
 		}
 		result := n.sm.Apply(e)
+		n.appliedBytes += int64(len(e.Data))
 		applied = e.Index
 		n.applied.Store(applied)
 		if e.Type == raft.EntryConfChange {
@@ -901,12 +922,27 @@ func (n *Node) completeReads() {
 	}
 }
 
+// snapshotDue reports whether enough was applied since the last snapshot
+// to take the next at index idx (Config.SnapshotMaxEntries).
+func (n *Node) snapshotDue(idx uint64) bool {
+	if n.cfg.SnapshotEntries < 0 || n.snapping {
+		return false
+	}
+	since := idx - min(idx, n.snapIndex)
+	switch {
+	case since < uint64(n.cfg.SnapshotEntries):
+		return false
+	case since >= uint64(n.cfg.SnapshotMaxEntries):
+		return true
+	}
+	return n.appliedBytes >= n.snapBytes.Load()/2
+}
+
 // maybeSnapshot snapshots the state machine at its applied index, whose
-// membership is cs, once SnapshotEntries entries were applied since the
-// last snapshot. It runs where entries are applied.
+// membership is cs, once snapshotDue. It runs where entries are applied.
 func (n *Node) maybeSnapshot(cs raft.ConfState) error {
 	idx := n.applied.Load()
-	if n.cfg.SnapshotEntries < 0 || idx < n.snapIndex+uint64(n.cfg.SnapshotEntries) || n.snapping {
+	if !n.snapshotDue(idx) {
 		return nil
 	}
 	if n.applier == nil && n.pendingSnap != nil {
@@ -921,24 +957,50 @@ func (n *Node) maybeSnapshot(cs raft.ConfState) error {
 		}
 		n.snapping = true
 		n.snapIndex = idx
+		n.appliedBytes = 0
 		n.snapWG.Add(1)
 		go func() {
 			defer n.snapWG.Done()
-			err := n.storage.CreateSnapshot(idx, cs, n.cfg.KeepEntries, write)
+			cw := &countingWriter{}
+			err := n.storage.CreateSnapshot(idx, cs, n.cfg.KeepEntries, cw.wrap(write))
 			if err == nil {
-				n.logger.Info("raftnode: snapshot taken", "index", idx)
+				n.snapBytes.Store(cw.n)
+				n.logger.Info("raftnode: snapshot taken", "index", idx, "bytes", cw.n)
 			}
 			n.snapDone <- err
 		}()
 		return nil
 	}
-	err := n.storage.CreateSnapshot(idx, cs, n.cfg.KeepEntries, n.sm.Snapshot)
+	cw := &countingWriter{}
+	err := n.storage.CreateSnapshot(idx, cs, n.cfg.KeepEntries, cw.wrap(n.sm.Snapshot))
 	if err != nil {
 		return fmt.Errorf("raftnode: snapshot at %d: %w", idx, err)
 	}
 	n.snapIndex = idx
-	n.logger.Info("raftnode: snapshot taken", "index", idx)
+	n.appliedBytes = 0
+	n.snapBytes.Store(cw.n)
+	n.logger.Info("raftnode: snapshot taken", "index", idx, "bytes", cw.n)
 	return nil
+}
+
+// countingWriter counts the bytes a snapshot writer produces.
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	k, err := c.w.Write(p)
+	c.n += int64(k)
+	return k, err
+}
+
+// wrap returns write with its output counted in c.
+func (c *countingWriter) wrap(write func(io.Writer) error) func(io.Writer) error {
+	return func(w io.Writer) error {
+		c.w = w
+		return write(c)
+	}
 }
 
 // failAll answers every pending call when the node stops.

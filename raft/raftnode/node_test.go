@@ -356,3 +356,101 @@ func TestSubmitOnFollowerIsForwarded(t *testing.T) {
 		return
 	}
 }
+
+// TestSnapshotDue checks the snapshot trigger: at least SnapshotEntries
+// entries, at most SnapshotMaxEntries, and in between only once the
+// entries applied since the last snapshot hold half its size.
+func TestSnapshotDue(t *testing.T) {
+	cfg := Config{SnapshotEntries: 10, SnapshotMaxEntries: 100}
+	cfg.setDefaults()
+	n := &Node{cfg: cfg}
+	n.snapIndex = 1000
+	n.snapBytes.Store(10000)
+	for _, tc := range []struct {
+		idx     uint64
+		bytes   int64
+		snap    bool
+		due     bool
+		comment string
+	}{
+		{1009, 1 << 20, false, false, "fewer than SnapshotEntries, however large"},
+		{1010, 4999, false, false, "enough entries, less than half the last snapshot's size"},
+		{1010, 5000, false, true, "enough entries holding half the last snapshot's size"},
+		{1099, 0, false, false, "just below SnapshotMaxEntries"},
+		{1100, 0, false, true, "SnapshotMaxEntries, however small"},
+		{1100, 1 << 20, true, false, "a snapshot is being written"},
+	} {
+		n.appliedBytes, n.snapping = tc.bytes, tc.snap
+		if got := n.snapshotDue(tc.idx); got != tc.due {
+			t.Errorf("%s: snapshotDue(%d) with %d bytes = %v, want %v", tc.comment, tc.idx, tc.bytes, got, tc.due)
+		}
+	}
+	n.cfg.SnapshotEntries = -1
+	n.appliedBytes, n.snapping = 1<<30, false
+	if n.snapshotDue(1 << 40) {
+		t.Error("snapshotDue with snapshots disabled = true")
+	}
+	// The defaults: a maximum of five times the minimum, never below it.
+	for _, c := range []struct{ min, max, want int64 }{{0, 0, 50000}, {100, 0, 500}, {100, 50, 100}, {100, 300, 300}} {
+		cfg := Config{SnapshotEntries: c.min, SnapshotMaxEntries: c.max}
+		cfg.setDefaults()
+		if cfg.SnapshotMaxEntries != c.want {
+			t.Errorf("SnapshotEntries %d, SnapshotMaxEntries %d: default max %d, want %d", c.min, c.max, cfg.SnapshotMaxEntries, c.want)
+		}
+	}
+}
+
+// TestSnapshotIntervalGrowsWithState runs a node whose state is large and
+// whose later entries are small: after the first snapshot the next waits
+// for SnapshotMaxEntries, where a fixed interval would have rewritten the
+// large state every SnapshotEntries.
+func TestSnapshotIntervalGrowsWithState(t *testing.T) {
+	c := newClusterWith(t, 1, func(id uint64) Config {
+		cfg := testConfig(id)
+		cfg.SnapshotEntries, cfg.SnapshotMaxEntries = 20, 200
+		return cfg
+	})
+	ctx := ctxT(t)
+	big := strings.Repeat("v", 2000)
+	for i := 0; i < 20; i++ {
+		c.put(ctx, fmt.Sprint("big", i), big)
+	}
+	st := c.storages[1]
+	first := waitSnapshot(t, st, 1)
+	for i := 0; i < 150; i++ {
+		c.put(ctx, "small", fmt.Sprint(i))
+	}
+	// 150 small entries hold far less than half of 40 KB.
+	if got := snapshotIndex(st); got != first {
+		t.Fatalf("snapshot moved from %d to %d after 150 small entries; want it to wait for 200", first, got)
+	}
+	for i := 150; i < 250; i++ {
+		c.put(ctx, "small", fmt.Sprint(i))
+	}
+	if got := waitSnapshot(t, st, first+1); got < first+200 {
+		t.Fatalf("second snapshot at %d, want at least %d (first at %d)", got, first+200, first)
+	}
+}
+
+func snapshotIndex(st *MemStorage) uint64 {
+	snap, err := st.Snapshot()
+	if err != nil {
+		return 0
+	}
+	return snap.Meta.Index
+}
+
+// waitSnapshot waits until st holds a snapshot at or above index.
+func waitSnapshot(t *testing.T, st *MemStorage, index uint64) uint64 {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if got := snapshotIndex(st); got >= index {
+			return got
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no snapshot at or above %d within 10s (have %d)", index, snapshotIndex(st))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
