@@ -108,7 +108,11 @@ func (c *Command) payloadSize() int {
 
 // appendMessage appends one tagged section holding m's wire encoding.
 func appendMessage(b []byte, tag byte, m marshaler) []byte {
-	n := m.Size()
+	return appendSizedMessage(b, tag, m, m.Size())
+}
+
+// appendSizedMessage is appendMessage for a caller that knows n = m.Size().
+func appendSizedMessage(b []byte, tag byte, m marshaler, n int) []byte {
 	b = append(b, tag)
 	b = binary.AppendUvarint(b, uint64(n))
 	start := len(b)
@@ -145,7 +149,16 @@ func UnmarshalCommand(b []byte) (c *Command, err error) {
 	if v := d.byte(); d.err == nil && v != commandVersion {
 		return nil, fmt.Errorf("%w: unknown encoding version %d", ErrCorruptCommand, v)
 	}
-	c = &Command{ClientID: d.uvarint(), Seq: d.uvarint(), Time: d.varint()}
+	clientID, seq, now := d.uvarint(), d.uvarint(), d.varint()
+	// A put, the command applied most, is allocated with its request.
+	var put *pb.PutRequest
+	if d.err == nil && len(d.b) > 0 && d.b[0] == tagPut {
+		pc := &putCommand{}
+		c, put = &pc.cmd, &pc.put
+	} else {
+		c = &Command{}
+	}
+	c.ClientID, c.Seq, c.Time = clientID, seq, now
 	for d.err == nil && len(d.b) > 0 {
 		tag := d.byte()
 		body := d.bytes(d.uvarint())
@@ -157,8 +170,12 @@ func UnmarshalCommand(b []byte) (c *Command, err error) {
 			if c.Put != nil {
 				return nil, fmt.Errorf("%w: duplicate put section", ErrCorruptCommand)
 			}
-			c.Put = &pb.PutRequest{}
-			err = c.Put.Unmarshal(body)
+			if put == nil {
+				put = &pb.PutRequest{}
+			}
+			c.Put = put
+			presizePut(put, body)
+			err = put.Unmarshal(body)
 		case tagDeleteRange:
 			if c.DeleteRange != nil {
 				return nil, fmt.Errorf("%w: duplicate delete_range section", ErrCorruptCommand)
@@ -192,6 +209,63 @@ func UnmarshalCommand(b []byte) (c *Command, err error) {
 		return nil, fmt.Errorf("%w: %v", ErrCorruptCommand, d.err)
 	}
 	return c, nil
+}
+
+// putCommand is a Command with room for its PutRequest, so that decoding a
+// put allocates them together.
+type putCommand struct {
+	cmd Command
+	put pb.PutRequest
+}
+
+// presizePut prepares req, before req.Unmarshal(body), so that decoding
+// copies the key and the value into one allocation instead of two: it
+// points req.Key and req.Value at disjoint parts of one buffer sized from
+// body, and the generated decoder appends each field into the capacity it
+// finds. Only a field whose last occurrence (the one that wins) is not
+// empty gets a part, so a missing or empty field decodes exactly as it
+// would without this; a repeated field longer than its part, or malformed
+// input, is left to the decoder (which allocates, or fails, as usual).
+func presizePut(req *pb.PutRequest, body []byte) {
+	var klen, vlen int
+	for len(body) > 0 {
+		tag, n := binary.Uvarint(body)
+		if n <= 0 {
+			return
+		}
+		body = body[n:]
+		switch tag & 7 {
+		case 0: // varint: lease, prev_kv, ignore_value, ignore_lease
+			if _, n = binary.Uvarint(body); n <= 0 {
+				return
+			}
+			body = body[n:]
+		case 2: // length-delimited: key, value
+			l, n := binary.Uvarint(body)
+			if n <= 0 || l > uint64(len(body)-n) {
+				return
+			}
+			body = body[n+int(l):]
+			switch tag >> 3 {
+			case 1:
+				klen = int(l)
+			case 2:
+				vlen = int(l)
+			}
+		default:
+			return
+		}
+	}
+	if klen+vlen == 0 {
+		return
+	}
+	buf := make([]byte, klen+vlen)
+	if klen > 0 {
+		req.Key = buf[:0:klen]
+	}
+	if vlen > 0 {
+		req.Value = buf[klen:klen:len(buf)]
+	}
 }
 
 // clone copies b; the store keeps what it decodes, so it must not alias

@@ -126,3 +126,64 @@ func FuzzUnmarshalCommand(f *testing.F) {
 		}
 	})
 }
+
+// TestPresizePut checks that decoding a put into the buffers presizePut
+// prepares gives what the generated decoder gives on its own (nil and empty
+// fields included), on well-formed, repeated-field, unusual and truncated
+// encodings, and that the key and value never overlap.
+func TestPresizePut(t *testing.T) {
+	enc := func(p *pb.PutRequest) []byte {
+		b, err := p.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	cat := func(bs ...[]byte) []byte { return bytes.Join(bs, nil) }
+	full := enc(&pb.PutRequest{Key: []byte("key"), Value: bytes.Repeat([]byte("v"), 300), Lease: 7, PrevKv: true, IgnoreLease: true})
+	bodies := [][]byte{
+		nil,
+		full,
+		enc(&pb.PutRequest{Key: []byte("k")}),
+		enc(&pb.PutRequest{Value: []byte("v")}),
+		{0x0a, 1, 'k', 0x12, 0}, // an explicitly empty value
+		{0x0a, 0, 0x12, 1, 'v'}, // an explicitly empty key
+		cat(full, enc(&pb.PutRequest{Key: []byte("a-longer-key"), Value: []byte("short")})), // repeated fields: the last wins
+		cat(enc(&pb.PutRequest{Key: []byte("a-longer-key"), Value: []byte("long value")}), enc(&pb.PutRequest{Key: []byte("k"), Value: []byte("v")})),
+		cat(full, []byte{0x12, 0}),                      // a value, then an empty one
+		cat(full, []byte{0x3d, 1, 2, 3, 4}),             // an unknown fixed32 field
+		cat([]byte{0x39, 1, 2, 3, 4, 5, 6, 7, 8}, full), // an unknown fixed64 field first
+		cat(full, []byte{0x52, 3, 'x', 'y', 'z'}),       // an unknown length-delimited field
+		{0x08, 'k'},  // the key with the wrong wire type
+		{0x0a, 0x80}, // a truncated length
+	}
+	for i := range full {
+		bodies = append(bodies, full[:i])
+	}
+	for i, body := range bodies {
+		var want, got pb.PutRequest
+		werr := want.Unmarshal(body)
+		presizePut(&got, body)
+		gerr := got.Unmarshal(body)
+		if (werr == nil) != (gerr == nil) {
+			t.Fatalf("body %d (%x): error %v, want %v", i, body, gerr, werr)
+		}
+		if werr != nil {
+			continue
+		}
+		if !bytes.Equal(got.Key, want.Key) || (got.Key == nil) != (want.Key == nil) ||
+			!bytes.Equal(got.Value, want.Value) || (got.Value == nil) != (want.Value == nil) {
+			t.Fatalf("body %d (%x): decoded key %q (nil %v) value %q (nil %v), want %q (nil %v) %q (nil %v)", i, body,
+				got.Key, got.Key == nil, got.Value, got.Value == nil, want.Key, want.Key == nil, want.Value, want.Value == nil)
+		}
+		if got.Lease != want.Lease || got.PrevKv != want.PrevKv || got.IgnoreValue != want.IgnoreValue ||
+			got.IgnoreLease != want.IgnoreLease || !bytes.Equal(got.XXX_unrecognized, want.XXX_unrecognized) {
+			t.Fatalf("body %d (%x): decoded %v, want %v", i, body, &got, &want)
+		}
+		value := append([]byte(nil), got.Value...)
+		_ = append(got.Key, bytes.Repeat([]byte{'!'}, 512)...) // must not write into the value
+		if !bytes.Equal(got.Value, value) {
+			t.Fatalf("body %d: appending to the key changed the value", i)
+		}
+	}
+}

@@ -50,14 +50,14 @@ func (s *Store) scan(key, end []byte, fn func(kvItem) bool) {
 	}
 	switch {
 	case len(end) == 0:
-		if it, ok := s.tree.Get(kvItem{key: key}); ok {
+		if it, ok := s.tree.get(key); ok {
 			fn(it)
 		}
 	case len(end) == 1 && end[0] == 0:
-		s.tree.AscendGreaterOrEqual(kvItem{key: key}, fn)
+		s.tree.ascendFrom(key, fn)
 	default:
 		if bytes.Compare(key, end) < 0 {
-			s.tree.AscendRange(kvItem{key: key}, kvItem{key: end}, fn)
+			s.tree.ascendRange(key, end, fn)
 		}
 	}
 }

@@ -42,15 +42,35 @@ const (
 // as its message under codes.Unknown; only request errors, which are all
 // statuses, are ever cached.
 func encodeResult(r *Result) []byte {
-	b := []byte{resultVersion}
+	// Size the buffer first (an error section, rare, may still grow it),
+	// so that a session's cached result usually costs one allocation.
+	var nPut, nDel, nTxn int
+	size := 1
 	if r.Put != nil {
-		b = appendMessage(b, rtagPut, r.Put)
+		nPut = r.Put.Size()
+		size += sectionSize(nPut)
 	}
 	if r.DeleteRange != nil {
-		b = appendMessage(b, rtagDeleteRange, r.DeleteRange)
+		nDel = r.DeleteRange.Size()
+		size += sectionSize(nDel)
 	}
 	if r.Txn != nil {
-		b = appendMessage(b, rtagTxn, r.Txn)
+		nTxn = r.Txn.Size()
+		size += sectionSize(nTxn)
+	}
+	if r.Append != nil {
+		size += sectionSize(2 * binary.MaxVarintLen64)
+	}
+	b := make([]byte, 1, size)
+	b[0] = resultVersion
+	if r.Put != nil {
+		b = appendSizedMessage(b, rtagPut, r.Put, nPut)
+	}
+	if r.DeleteRange != nil {
+		b = appendSizedMessage(b, rtagDeleteRange, r.DeleteRange, nDel)
+	}
+	if r.Txn != nil {
+		b = appendSizedMessage(b, rtagTxn, r.Txn, nTxn)
 	}
 	if r.Append != nil {
 		var body []byte
@@ -67,6 +87,9 @@ func encodeResult(r *Result) []byte {
 	}
 	return b
 }
+
+// sectionSize is the encoded size of a section with an n-byte body.
+func sectionSize(n int) int { return 1 + uvarintLen(uint64(n)) + n }
 
 func appendSection(b []byte, tag byte, body []byte) []byte {
 	b = append(b, tag)

@@ -92,7 +92,7 @@ func (s *Store) RecordIndex(index uint64) error {
 func (s *Store) CountMatching(match func(key []byte) bool) (keys int, bytes int64) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	s.tree.Ascend(func(it kvItem) bool {
+	s.tree.ascend(func(it kvItem) bool {
 		if match == nil || match(it.key) {
 			keys++
 			bytes += int64(len(it.key)+len(it.value)) + itemOverhead
@@ -121,7 +121,7 @@ func (s *Store) ExportShard(match func(key []byte) bool) ([]byte, error) {
 	// function of the key, as SetVisible requires of its predicate.
 	nkeys := 0
 	size := len(shardMagic) + uvarintLen(shardVersion) + varintLen(s.rev) + varintLen(s.clock) + 4
-	s.tree.Ascend(func(it kvItem) bool {
+	s.tree.ascend(func(it kvItem) bool {
 		if match == nil || match(it.key) {
 			nkeys++
 			size += uvarintLen(uint64(len(it.key))) + len(it.key) + uvarintLen(uint64(len(it.value))) + len(it.value) +
@@ -143,7 +143,7 @@ func (s *Store) ExportShard(match func(key []byte) bool) ([]byte, error) {
 	b = binary.AppendVarint(b, s.rev)
 	b = binary.AppendVarint(b, s.clock)
 	b = binary.AppendUvarint(b, uint64(nkeys))
-	s.tree.Ascend(func(it kvItem) bool {
+	s.tree.ascend(func(it kvItem) bool {
 		if match == nil || match(it.key) {
 			b = binary.AppendUvarint(b, uint64(len(it.key)))
 			b = append(b, it.key...)
@@ -211,7 +211,7 @@ func (s *Store) InstallShard(index uint64, blob []byte) error {
 		return fmt.Errorf("entry %d: %w", index, derr)
 	}
 	for _, it := range st.items {
-		old, replaced := s.tree.ReplaceOrInsert(it)
+		old, replaced := s.tree.replaceOrInsert(it)
 		s.bytes += int64(len(it.key) + len(it.value))
 		if replaced {
 			s.bytes -= int64(len(old.key) + len(old.value))
@@ -243,14 +243,14 @@ func (s *Store) DeleteShard(index uint64, match func(key []byte) bool) (int, err
 	}
 	s.applied = index
 	var victims []kvItem
-	s.tree.Ascend(func(it kvItem) bool {
+	s.tree.ascend(func(it kvItem) bool {
 		if match == nil || match(it.key) {
 			victims = append(victims, it)
 		}
 		return true
 	})
 	for _, it := range victims {
-		s.tree.Delete(it)
+		s.tree.delete(it.key)
 		s.bytes -= int64(len(it.key) + len(it.value))
 	}
 	return len(victims), nil

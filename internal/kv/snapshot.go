@@ -10,8 +10,6 @@ import (
 	"hash/crc32"
 	"io"
 	"sort"
-
-	"github.com/google/btree"
 )
 
 // Snapshot format (docs/kv.md has the full description):
@@ -47,17 +45,17 @@ func (s *Store) Snapshot(w io.Writer) error {
 // it writes the state as of the capture.
 func (s *Store) CaptureSnapshot() func(w io.Writer) error {
 	s.mu.Lock()
-	tree := s.tree.Clone()
+	items := s.tree.clone()
 	rev, applied, clock := s.rev, s.applied, s.clock
 	sessions := make([]session, 0, len(s.sessions))
 	for _, sess := range s.sessions {
 		sessions = append(sessions, session{id: sess.id, seq: sess.seq, lastTime: sess.lastTime, result: sess.result})
 	}
 	s.mu.Unlock()
-	return func(w io.Writer) error { return writeSnapshot(w, tree, rev, applied, clock, sessions) }
+	return func(w io.Writer) error { return writeSnapshot(w, items, rev, applied, clock, sessions) }
 }
 
-func writeSnapshot(w io.Writer, tree *btree.BTreeG[kvItem], rev int64, applied uint64, clock int64, sessions []session) error {
+func writeSnapshot(w io.Writer, items *tree, rev int64, applied uint64, clock int64, sessions []session) error {
 	sort.Slice(sessions, func(i, j int) bool { return sessions[i].id < sessions[j].id })
 
 	crc := crc32.New(castagnoli)
@@ -73,8 +71,8 @@ func writeSnapshot(w io.Writer, tree *btree.BTreeG[kvItem], rev int64, applied u
 	sv(rev)
 	uv(applied)
 	sv(clock)
-	uv(uint64(tree.Len()))
-	tree.Ascend(func(it kvItem) bool {
+	uv(uint64(items.len()))
+	items.ascend(func(it kvItem) bool {
 		blob(it.key)
 		blob(it.value)
 		sv(it.create)
@@ -132,7 +130,7 @@ func (s *Store) Restore(r io.Reader) error {
 }
 
 type snapState struct {
-	tree     *btree.BTreeG[kvItem]
+	tree     *tree
 	rev      int64
 	applied  uint64
 	clock    int64
@@ -268,7 +266,7 @@ func readSnapshot(r io.Reader) (*snapState, error) {
 			it.value = nil
 		}
 		prev = it.key
-		st.tree.ReplaceOrInsert(it)
+		st.tree.replaceOrInsert(it)
 		st.bytes += int64(len(it.key) + len(it.value))
 	}
 	nsess := sr.uvarint("session count")

@@ -1,13 +1,11 @@
 package kv
 
 import (
-	"bytes"
 	"fmt"
 	"math"
 	"sync"
 	"time"
 
-	"github.com/google/btree"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 )
 
@@ -42,14 +40,6 @@ type kvItem struct {
 	create, mod, version, lease int64
 }
 
-func lessItem(a, b kvItem) bool { return bytes.Compare(a.key, b.key) < 0 }
-
-// treeDegree is the B-tree degree. On a 1M-key store degree 32 was faster
-// for both BenchmarkApplyPut and BenchmarkRangeSingleKey than 8, 16 or 64.
-const treeDegree = 32
-
-func newTree() *btree.BTreeG[kvItem] { return btree.NewG(treeDegree, lessItem) }
-
 // session is one exactly-once client: the last sequence number applied for
 // it and the encoded Result of that command. Sessions form a list ordered
 // by last use, which (because the clock only moves forward) is also ordered
@@ -69,7 +59,7 @@ type Store struct {
 	ttl int64 // session TTL in nanoseconds
 
 	mu      sync.RWMutex
-	tree    *btree.BTreeG[kvItem]
+	tree    *tree
 	rev     int64  // current store revision; etcd starts at 1
 	applied uint64 // last log index passed to Apply
 	clock   int64  // max Command.Time seen so far
@@ -117,7 +107,7 @@ func (s *Store) AppliedIndex() uint64 {
 func (s *Store) Stats() Stats {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	n := s.tree.Len()
+	n := s.tree.len()
 	return Stats{Keys: n, Bytes: s.bytes + int64(n)*itemOverhead, Sessions: len(s.sessions)}
 }
 
@@ -250,12 +240,15 @@ func (s *Store) expireSessions() {
 
 // get returns the live item for key, if it is visible.
 func (s *Store) get(key []byte) (kvItem, bool) {
-	it, ok := s.tree.Get(kvItem{key: key})
-	if ok && s.visible != nil && !s.visible(it.key) {
+	it, ok := s.tree.get(key)
+	if ok && !s.isVisible(it.key) {
 		return kvItem{}, false
 	}
 	return it, ok
 }
+
+// isVisible reports whether SetVisible lets reads and writes see key.
+func (s *Store) isVisible(key []byte) bool { return s.visible == nil || s.visible(key) }
 
 // header returns a response header carrying only a revision; the server
 // fills in cluster id, member id and raft term.

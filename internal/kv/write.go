@@ -55,40 +55,60 @@ func (w *writer) rollback() {
 	for i := len(w.undo) - 1; i >= 0; i-- {
 		u := w.undo[i]
 		if u.had {
-			w.s.tree.ReplaceOrInsert(u.old)
+			w.s.tree.replaceOrInsert(u.old)
 		} else {
-			w.s.tree.Delete(kvItem{key: u.key})
+			w.s.tree.delete(u.key)
 		}
 	}
 	w.s.bytes = w.bytes
 	w.undo, w.changes = nil, 0
 }
 
-// put writes key=value over cur (the key's live, visible item, if had) and keeps
-// the version and create_revision rules of etcd: a new key, or one
-// re-created after a delete, starts at version 1 with create_revision equal
-// to its mod_revision. The slices must not be modified afterwards; keys
-// and values come from freshly decoded commands, so nothing else holds
-// them.
-func (w *writer) put(key, value []byte, lease int64, cur kvItem, had bool) {
+// A put is two calls, so that it searches the tree once: startPut finds
+// (or makes) the key's slot and returns the item it holds, from which the
+// caller works out the new value, lease and response; finishPut then
+// stores the new item in the slot. Nothing may use the tree in between.
+
+// startPut returns the tree slot for key and the key's live, visible item
+// (cur, if had). The tree may hold an item for the key that is not visible
+// (a key of a shard the group no longer serves): it is replaced as if
+// absent, and the byte count and undo log follow what the tree really
+// held.
+func (w *writer) startPut(key []byte) (slot *kvItem, cur kvItem, had bool) {
+	slot, inTree := w.s.tree.upsert(key)
+	var old kvItem
+	if inTree {
+		old = *slot
+		w.s.bytes -= int64(len(old.key) + len(old.value))
+		had = w.s.isVisible(old.key)
+		if had {
+			cur = old
+		}
+	}
+	if w.track {
+		w.undo = append(w.undo, undoRec{key: key, old: old, had: inTree})
+	}
+	return slot, cur, had
+}
+
+// finishPut stores key=value in slot, over cur (the item startPut
+// returned, if had), keeping the version and create_revision rules of
+// etcd: a new key, or one re-created after a delete, starts at version 1
+// with create_revision equal to its mod_revision. The slices must not be
+// modified afterwards; keys and values come from freshly decoded commands,
+// so nothing else holds them. The item keeps the new key rather than
+// cur's equal one: a decoded put's key and value share one allocation
+// (see presizePut), and keeping the old key would keep the old value's
+// memory alive with it.
+func (w *writer) finishPut(slot *kvItem, key, value []byte, lease int64, cur kvItem, had bool) {
 	rev := w.begin + 1
 	it := kvItem{key: key, value: value, create: rev, mod: rev, version: 1, lease: lease}
 	if had {
-		it.key = cur.key
 		it.create = cur.create
 		it.version = cur.version + 1
 	}
-	// The tree may hold an item for the key that is not visible (a key of a
-	// shard the group no longer serves): it is replaced as if absent, and
-	// the byte count and undo log follow what the tree really held.
-	old, replaced := w.s.tree.ReplaceOrInsert(it)
+	*slot = it
 	w.s.bytes += int64(len(it.key) + len(it.value))
-	if replaced {
-		w.s.bytes -= int64(len(old.key) + len(old.value))
-	}
-	if w.track {
-		w.undo = append(w.undo, undoRec{key: it.key, old: old, had: replaced})
-	}
 	w.changes++
 }
 
@@ -100,7 +120,7 @@ func (w *writer) deleteRange(key, end []byte) []kvItem {
 		return true
 	})
 	for _, it := range victims {
-		w.s.tree.Delete(it)
+		w.s.tree.delete(it.key)
 		w.s.bytes -= int64(len(it.key) + len(it.value))
 		if w.track {
 			w.undo = append(w.undo, undoRec{key: it.key, old: it, had: true})
@@ -110,24 +130,29 @@ func (w *writer) deleteRange(key, end []byte) []kvItem {
 	return victims
 }
 
-// putOp executes a put inside a writer (etcd's put). The lease and
-// ignore_* checks are the caller's.
-func (w *writer) putOp(p *pb.PutRequest) *pb.PutResponse {
+// putOp executes a put inside a writer (etcd's put), filling in resp and
+// hdr, which becomes its header. The lease and ignore_* checks are the
+// caller's. prev, if not nil, is where the previous key-value goes if
+// p asks for it.
+func (w *writer) putOp(p *pb.PutRequest, resp *pb.PutResponse, hdr *pb.ResponseHeader, prev *mvccpb.KeyValue) {
+	slot, cur, ok := w.startPut(p.Key)
 	value, lease := p.Value, p.Lease
-	cur, ok := w.s.get(p.Key)
 	if p.IgnoreValue && ok {
 		value = cur.value
 	}
 	if p.IgnoreLease && ok {
 		lease = cur.lease
 	}
-	resp := &pb.PutResponse{}
 	if p.PrevKv && ok {
-		resp.PrevKv = toKV(cur, false)
+		if prev == nil {
+			prev = &mvccpb.KeyValue{}
+		}
+		fillKV(prev, cur)
+		resp.PrevKv = prev
 	}
-	w.put(p.Key, value, lease, cur, ok)
-	resp.Header = header(w.begin + 1)
-	return resp
+	w.finishPut(slot, p.Key, value, lease, cur, ok)
+	hdr.Revision = w.begin + 1
+	resp.Header = hdr
 }
 
 // deleteOp executes a delete inside a writer (etcd's deleteRange).
@@ -167,6 +192,21 @@ func (s *Store) checkPut(p *pb.PutRequest, leaseFirst bool) error {
 	return checkIgnore()
 }
 
+// putResult is a put's Result with the response and header it points to,
+// so that applying a put allocates them together (the caller owns all
+// three). putResultPrev adds room for the previous key-value, for puts
+// that ask for it.
+type putResult struct {
+	res  Result
+	resp pb.PutResponse
+	hdr  pb.ResponseHeader
+}
+
+type putResultPrev struct {
+	putResult
+	prev mvccpb.KeyValue
+}
+
 func (s *Store) applyPut(p *pb.PutRequest) *Result {
 	if err := ValidatePut(p); err != nil {
 		return &Result{Err: err}
@@ -174,10 +214,19 @@ func (s *Store) applyPut(p *pb.PutRequest) *Result {
 	if err := s.checkPut(p, true); err != nil {
 		return &Result{Err: err}
 	}
+	var r *putResult
+	var prev *mvccpb.KeyValue
+	if p.PrevKv {
+		rp := &putResultPrev{}
+		r, prev = &rp.putResult, &rp.prev
+	} else {
+		r = &putResult{}
+	}
 	w := s.beginWrite(false)
-	resp := w.putOp(p)
+	w.putOp(p, &r.resp, &r.hdr, prev)
 	w.commit()
-	return &Result{Put: resp}
+	r.res.Put = &r.resp
+	return &r.res
 }
 
 func (s *Store) applyDeleteRange(d *pb.DeleteRangeRequest) *Result {
@@ -196,7 +245,7 @@ func (s *Store) applyAppend(a *AppendRequest) *Result {
 	}
 	w := s.beginWrite(false)
 	var value []byte
-	cur, ok := s.get(a.Key)
+	slot, cur, ok := w.startPut(a.Key)
 	lease := int64(0)
 	if ok {
 		// A fresh slice: the old value may be shared with a snapshot or a
@@ -207,7 +256,7 @@ func (s *Store) applyAppend(a *AppendRequest) *Result {
 	} else {
 		value = a.Value
 	}
-	w.put(a.Key, value, lease, cur, ok)
+	w.finishPut(slot, a.Key, value, lease, cur, ok)
 	w.commit()
 	return &Result{Append: &AppendResponse{Revision: w.begin + 1, Length: int64(len(value))}}
 }
@@ -285,7 +334,9 @@ func (w *writer) execTxn(r *pb.TxnRequest, path []bool) (*pb.TxnResponse, []bool
 			if err := w.s.checkPut(v.RequestPut, false); err != nil {
 				return nil, nil, err
 			}
-			out.Response = &pb.ResponseOp_ResponsePut{ResponsePut: w.putOp(v.RequestPut)}
+			put := &pb.PutResponse{}
+			w.putOp(v.RequestPut, put, &pb.ResponseHeader{}, nil)
+			out.Response = &pb.ResponseOp_ResponsePut{ResponsePut: put}
 		case *pb.RequestOp_RequestDeleteRange:
 			out.Response = &pb.ResponseOp_ResponseDeleteRange{ResponseDeleteRange: w.deleteOp(v.RequestDeleteRange)}
 		case *pb.RequestOp_RequestTxn:
@@ -359,19 +410,22 @@ func cmpInt(a, b int64) int {
 	return 0
 }
 
-// toKV copies an item into a KeyValue the caller owns.
-func toKV(it kvItem, keysOnly bool) *mvccpb.KeyValue {
-	kv := &mvccpb.KeyValue{
-		Key:            clone(it.key),
+// fillKV sets kv to a copy of it that the caller owns, with the key and
+// the value in one allocation. An empty value stays nil, as in toKVs.
+func fillKV(kv *mvccpb.KeyValue, it kvItem) {
+	buf := make([]byte, len(it.key)+len(it.value))
+	n := copy(buf, it.key)
+	copy(buf[n:], it.value)
+	*kv = mvccpb.KeyValue{
+		Key:            buf[:n:n],
 		CreateRevision: it.create,
 		ModRevision:    it.mod,
 		Version:        it.version,
 		Lease:          it.lease,
 	}
-	if !keysOnly {
-		kv.Value = clone(it.value)
+	if len(it.value) > 0 {
+		kv.Value = buf[n:]
 	}
-	return kv
 }
 
 // toKVs converts items into KeyValues the caller owns, with all keys and
