@@ -2,6 +2,7 @@ package raftnode
 
 import (
 	"fmt"
+	"runtime"
 	"sync"
 
 	"github.com/cairn-db/cairn/raft"
@@ -136,6 +137,15 @@ func (p *persister) run() {
 			p.busy = true
 			p.mu.Unlock()
 
+			// Let the goroutines the Raft loop just woke run first: the
+			// peer writers carrying this Ready's appends to the
+			// followers. An fsync holds this goroutine's P for its whole
+			// duration (the runtime takes a P from a syscall only on
+			// its next sysmon check, up to milliseconds later when
+			// idle), and a writer queued behind it on the same P would
+			// send the appends only after the leader's own fsync: the
+			// two are meant to overlap.
+			runtime.Gosched()
 			err := p.write(batch)
 			if err == nil {
 				for i := range batch {

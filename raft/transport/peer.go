@@ -106,6 +106,7 @@ func (p *peer) run() {
 		lastErr   string
 		batch     []raft.Message
 		buf       []byte
+		lastWrite time.Time // when the last batch was written
 	)
 	defer func() {
 		if conn != nil {
@@ -169,18 +170,21 @@ func (p *peer) run() {
 		// Everything queued while we waited or dialed goes out in this
 		// batch; the queue bound keeps it bounded.
 		batch = p.drainInto(batch)
-		if len(batch) < coalesceBelow {
-			// Let the goroutines that are ready to run (the Raft loop,
-			// request handlers proposing) queue their messages before
-			// the write: one syscall for several messages, instead of a
-			// write per message. A write on loopback costs more CPU than
-			// the whole encoding of a small batch. With nothing else
-			// runnable the yield returns at once, so a lone message
-			// (one client) is not delayed.
+		if len(batch) < coalesceBelow && time.Since(lastWrite) < busyWithin {
+			// Under load, let the goroutines that are ready to run (the
+			// Raft loop, request handlers proposing) queue their
+			// messages before the write: one syscall for several
+			// messages, instead of a write per message. A write on
+			// loopback costs more CPU than the whole encoding of a
+			// small batch. Only under load: the yield puts this
+			// goroutine behind everything runnable, which with one
+			// client (other writers, the persister, runnable) delayed
+			// each append by tens of microseconds.
 			runtime.Gosched()
 			batch = p.drainInto(batch)
 		}
 		var err error
+		lastWrite = time.Now()
 		buf, err = p.writeBatch(conn, bw, batch, buf)
 		if err != nil {
 			t.untrack(conn)
@@ -204,6 +208,11 @@ func (p *peer) run() {
 // coalesceBelow is the batch size under which the writer yields once
 // before writing, to let more messages join the batch.
 const coalesceBelow = 8
+
+// busyWithin: a writer that wrote its previous batch less than this long
+// ago is under load, and yields to coalesce (see run). One client's
+// appends come a round trip (hundreds of microseconds) apart.
+const busyWithin = 200 * time.Microsecond
 
 // drainInto appends to batch everything already queued.
 func (p *peer) drainInto(batch []raft.Message) []raft.Message {
