@@ -33,7 +33,7 @@ func bindServerFlags(fs *flag.FlagSet, cfg *server.Config, logLevel *string) {
 	fs.DurationVar(&cfg.TickInterval, "tick-interval", cfg.TickInterval, "duration of one Raft tick")
 	fs.IntVar(&cfg.ElectionTicks, "election-ticks", cfg.ElectionTicks, "ticks without a leader before an election")
 	fs.Int64Var(&cfg.SnapshotCount, "snapshot-count", cfg.SnapshotCount, "applied entries between snapshots, at the least")
-	fs.Int64Var(&cfg.SnapshotCountMax, "snapshot-count-max", cfg.SnapshotCountMax, "applied entries between snapshots, at the most (0: 5x --snapshot-count); in between, a snapshot waits until the entries since the last one hold half its size")
+	fs.Int64Var(&cfg.SnapshotCountMax, "snapshot-count-max", cfg.SnapshotCountMax, "applied entries between snapshots, at the most (0: 5x --snapshot-count); in between, a snapshot waits until the entries since the last one hold as many bytes as it had")
 	fs.BoolVar(&cfg.WALPreallocate, "wal-preallocate", cfg.WALPreallocate, "zero-fill each 64 MiB WAL segment before use, for cheaper fsyncs")
 	fs.Uint64Var(&cfg.SnapshotCatchupEntries, "snapshot-catchup-entries", cfg.SnapshotCatchupEntries, "entries kept behind a snapshot for lagging followers")
 	fs.DurationVar(&cfg.SessionTTL, "session-ttl", cfg.SessionTTL, "forget exactly-once sessions idle this long")

@@ -52,7 +52,7 @@ type Config struct {
 	SnapshotCount int64
 	// SnapshotCountMax: applied entries between snapshots, at the most;
 	// between the two, a snapshot waits until the entries since the last
-	// one hold half its size (raftnode.Config.SnapshotMaxEntries). Zero
+	// one hold as many bytes as it had (raftnode.Config.SnapshotMaxEntries). Zero
 	// means five times SnapshotCount.
 	SnapshotCountMax int64
 	// WALPreallocate zero-fills each WAL segment (64 MiB) before use, so

@@ -66,8 +66,8 @@ type Config struct {
 	SnapshotEntries int64
 	// SnapshotMaxEntries: snapshot after this many applied entries at the
 	// most. Between the two, a snapshot waits until the entries applied
-	// since the last one hold at least half as many bytes as that
-	// snapshot had: writing a snapshot costs time proportional to the
+	// since the last one hold at least as many bytes as that snapshot
+	// had: writing a snapshot costs time proportional to the
 	// state's size, so a fixed interval would make every entry cost more
 	// as the state grows (a store of a million keys was serialized whole
 	// every ten thousand puts). The cap bounds the log kept in memory
@@ -935,7 +935,8 @@ func (n *Node) snapshotDue(idx uint64) bool {
 	case since >= uint64(n.cfg.SnapshotMaxEntries):
 		return true
 	}
-	return n.appliedBytes >= n.snapBytes.Load()/2
+	// At most one byte of snapshot written per byte of entries applied.
+	return n.appliedBytes >= n.snapBytes.Load()
 }
 
 // maybeSnapshot snapshots the state machine at its applied index, whose

@@ -359,7 +359,7 @@ func TestSubmitOnFollowerIsForwarded(t *testing.T) {
 
 // TestSnapshotDue checks the snapshot trigger: at least SnapshotEntries
 // entries, at most SnapshotMaxEntries, and in between only once the
-// entries applied since the last snapshot hold half its size.
+// entries applied since the last snapshot hold as many bytes as it had.
 func TestSnapshotDue(t *testing.T) {
 	cfg := Config{SnapshotEntries: 10, SnapshotMaxEntries: 100}
 	cfg.setDefaults()
@@ -374,8 +374,8 @@ func TestSnapshotDue(t *testing.T) {
 		comment string
 	}{
 		{1009, 1 << 20, false, false, "fewer than SnapshotEntries, however large"},
-		{1010, 4999, false, false, "enough entries, less than half the last snapshot's size"},
-		{1010, 5000, false, true, "enough entries holding half the last snapshot's size"},
+		{1010, 9999, false, false, "enough entries, less than the last snapshot's size"},
+		{1010, 10000, false, true, "enough entries holding the last snapshot's size"},
 		{1099, 0, false, false, "just below SnapshotMaxEntries"},
 		{1100, 0, false, true, "SnapshotMaxEntries, however small"},
 		{1100, 1 << 20, true, false, "a snapshot is being written"},
@@ -420,7 +420,7 @@ func TestSnapshotIntervalGrowsWithState(t *testing.T) {
 	for i := 0; i < 150; i++ {
 		c.put(ctx, "small", fmt.Sprint(i))
 	}
-	// 150 small entries hold far less than half of 40 KB.
+	// 150 small entries hold far less than 40 KB.
 	if got := snapshotIndex(st); got != first {
 		t.Fatalf("snapshot moved from %d to %d after 150 small entries; want it to wait for 200", first, got)
 	}
