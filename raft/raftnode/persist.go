@@ -147,11 +147,6 @@ func (p *persister) run() {
 			// two are meant to overlap.
 			runtime.Gosched()
 			err := p.write(batch)
-			if err == nil {
-				for i := range batch {
-					p.transport.Send(batch[i].msgs)
-				}
-			}
 			p.mu.Lock()
 			p.busy = false
 			if err != nil {
@@ -161,12 +156,23 @@ func (p *persister) run() {
 					p.acks = append(p.acks, batch[i].ack)
 				}
 			}
+			p.mu.Unlock()
+			// Wake the loop before the peer writers, not after: the
+			// goroutine woken last runs first on this P, and a
+			// follower's acknowledgement to the leader is what the
+			// client is waiting for, while the loop only records it.
+			signal(p.ackc)
+			if err == nil {
+				for i := range batch {
+					p.transport.Send(batch[i].msgs)
+				}
+			}
 			clear(batch) // drop references to entries and messages
+			p.mu.Lock()
 			if p.spare == nil {
 				p.spare = batch[:0]
 			}
 			p.mu.Unlock()
-			signal(p.ackc)
 		}
 	}
 }
