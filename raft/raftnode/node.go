@@ -339,12 +339,8 @@ func (n *Node) Propose(ctx context.Context, data []byte) (uint64, any, error) {
 // *raft.NotLeaderError when no leader is known.
 func (n *Node) Submit(ctx context.Context, data []byte) error {
 	p := &proposalReq{data: data, forward: true, done: make(chan proposalResult, 1)}
-	select {
-	case n.propc <- p:
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-n.donec:
-		return n.stoppedErr()
+	if err := n.enqueueProposal(ctx, p); err != nil {
+		return err
 	}
 	select {
 	case r := <-p.done:
@@ -365,12 +361,8 @@ func (n *Node) ProposeConfChange(ctx context.Context, cc raft.ConfChange) (uint6
 
 func (n *Node) propose(ctx context.Context, p *proposalReq) (uint64, any, error) {
 	p.done = make(chan proposalResult, 1)
-	select {
-	case n.propc <- p:
-	case <-ctx.Done():
-		return 0, nil, ctx.Err() // never submitted: certainly not applied
-	case <-n.donec:
-		return 0, nil, n.stoppedErr()
+	if err := n.enqueueProposal(ctx, p); err != nil {
+		return 0, nil, err // never submitted: certainly not applied
 	}
 	select {
 	case r := <-p.done:
@@ -379,6 +371,25 @@ func (n *Node) propose(ctx context.Context, p *proposalReq) (uint64, any, error)
 		return 0, nil, fmt.Errorf("%w: %w", ErrOutcomeUnknown, ctx.Err())
 	case <-n.donec:
 		return 0, nil, fmt.Errorf("%w: %w", ErrOutcomeUnknown, n.stoppedErr())
+	}
+}
+
+// enqueueProposal hands p to the loop, waiting while the queue is full.
+// The first attempt is a send on the one channel (a select over three
+// locks all three).
+func (n *Node) enqueueProposal(ctx context.Context, p *proposalReq) error {
+	select {
+	case n.propc <- p:
+		return nil
+	default:
+	}
+	select {
+	case n.propc <- p:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-n.donec:
+		return n.stoppedErr()
 	}
 }
 
@@ -488,6 +499,11 @@ func (n *Node) Process(ctx context.Context, m raft.Message) error {
 	select {
 	case n.recvc <- m:
 		return nil
+	default:
+	}
+	select {
+	case n.recvc <- m:
+		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-n.donec:
@@ -586,22 +602,35 @@ func (n *Node) run() {
 }
 
 func (n *Node) drainQueued(ackc chan struct{}) error {
+	// Each queue is drained with plain receives, guarded by len: only
+	// this goroutine receives from them, so a non-zero length means the
+	// receive cannot block. A select over all of them per item (as the
+	// blocking select in run does) locks every channel each time, which
+	// under many concurrent proposals was most of the loop's own CPU.
 	var reads []*readReq
 	var err error
-	for i := 0; i < n.cfg.MaxBatch && err == nil; i++ {
-		select {
-		case m := <-n.recvc:
-			n.step(m)
-		case p := <-n.propc:
-			n.handlePropose(p)
-		case r := <-n.readc:
-			reads = append(reads, r)
-		case rep := <-n.reportc:
-			n.handleReport(rep)
-		case <-ackc:
+	budget := n.cfg.MaxBatch
+	for budget > 0 && err == nil {
+		before := budget
+		for ; budget > 0 && len(n.recvc) > 0; budget-- {
+			n.step(<-n.recvc)
+		}
+		for ; budget > 0 && len(n.propc) > 0; budget-- {
+			n.handlePropose(<-n.propc)
+		}
+		for ; budget > 0 && len(n.readc) > 0; budget-- {
+			reads = append(reads, <-n.readc)
+		}
+		for ; budget > 0 && len(n.reportc) > 0; budget-- {
+			n.handleReport(<-n.reportc)
+		}
+		if ackc != nil && len(ackc) > 0 {
+			<-ackc
 			err = n.handleAcks()
-		default:
-			i = n.cfg.MaxBatch
+			budget--
+		}
+		if budget == before {
+			break
 		}
 	}
 	if len(reads) > 0 {
