@@ -3,6 +3,8 @@ package kv
 import (
 	"bytes"
 	"encoding/binary"
+	"slices"
+	"unsafe"
 )
 
 // tree is an in-memory B-tree of kvItems ordered by key, with
@@ -354,7 +356,47 @@ func (t *tree) grow(n *node, i int) {
 	n.removeChild(i + 1)
 }
 
+// nodeGrowth is about how many slots a full node slice gains when it must
+// grow. Growing by a few slots, not by append's doubling, keeps a node's
+// unused capacity small: with keys inserted in random order, doubling
+// left 1.78 slots per entry (1.36 for nearly sequential keys, and nodes
+// copied after a snapshot doubled again on their next insert); growing
+// by about eight leaves 1.03–1.07.
+const nodeGrowth = 8
+
+// growCap returns the capacity for a full node slice of n elements of
+// elemSize bytes that must grow: room for about nodeGrowth more, rounded
+// up to what the runtime's size class for that many bytes holds anyway,
+// and at most limit (but always more than n).
+func growCap(n, elemSize, limit int) int {
+	c := allocSize((n+nodeGrowth)*elemSize) / elemSize
+	return max(min(c, limit), n+1)
+}
+
+// sizeClasses are the Go runtime's small-object size classes (Go 1.26,
+// runtime/sizeclasses.go; TestAllocSize checks them against the runtime):
+// an allocation of n bytes takes the first class at or above n.
+var sizeClasses = [...]int{8, 16, 24, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240, 256,
+	288, 320, 352, 384, 416, 448, 480, 512, 576, 640, 704, 768, 896, 1024, 1152, 1280, 1408, 1536, 1792,
+	2048, 2304, 2688, 3072, 3200, 3456, 4096, 4864, 5376, 6144, 6528, 6784, 6912, 8192, 9472, 9728, 10240,
+	10880, 12288, 13568, 14336, 16384, 18432, 19072, 20480, 21760, 24576, 27264, 28672, 32768}
+
+// allocSize returns how many bytes the runtime reserves for an n-byte
+// allocation: its size class, or whole 8 KiB pages above them.
+func allocSize(n int) int {
+	if n > sizeClasses[len(sizeClasses)-1] {
+		return (n + 8191) &^ 8191
+	}
+	i, _ := slices.BinarySearch(sizeClasses[:], n)
+	return sizeClasses[i]
+}
+
 func (n *node) insertItem(i int, e entry) {
+	if len(n.items) == cap(n.items) {
+		grown := make([]entry, len(n.items), growCap(len(n.items), int(unsafe.Sizeof(entry{})), maxItems))
+		copy(grown, n.items)
+		n.items = grown
+	}
 	n.items = append(n.items, entry{})
 	copy(n.items[i+1:], n.items[i:])
 	n.items[i] = e
@@ -367,6 +409,11 @@ func (n *node) removeItem(i int) {
 }
 
 func (n *node) insertChild(i int, c *node) {
+	if len(n.children) == cap(n.children) {
+		grown := make([]*node, len(n.children), growCap(len(n.children), int(unsafe.Sizeof((*node)(nil))), maxItems+1))
+		copy(grown, n.children)
+		n.children = grown
+	}
 	n.children = append(n.children, nil)
 	copy(n.children[i+1:], n.children[i:])
 	n.children[i] = c

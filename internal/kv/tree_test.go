@@ -253,3 +253,14 @@ func TestTreeDeleteAll(t *testing.T) {
 		checkTree(t, snap, snapModel)
 	}
 }
+
+// TestAllocSize checks the size-class table growCap relies on against the
+// runtime: append rounds a new slice's capacity up to its class.
+func TestAllocSize(t *testing.T) {
+	zeros := make([]byte, 40000)
+	for n := 1; n <= len(zeros); n++ {
+		if got, want := allocSize(n), cap(append([]byte(nil), zeros[:n]...)); got != want {
+			t.Fatalf("allocSize(%d) = %d, but the runtime gives a %d-byte slice", n, got, want)
+		}
+	}
+}
