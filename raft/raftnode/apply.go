@@ -3,6 +3,7 @@ package raftnode
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 
 	"github.com/cairn-db/cairn/raft"
@@ -127,6 +128,11 @@ func (a *applier) run() {
 			a.mu.Lock()
 			a.spare = jobs[:0]
 			a.mu.Unlock()
+			// Let the request handlers this batch woke send their
+			// responses before the loop, which only serves reads with
+			// the new applied index, takes this P (the goroutine woken
+			// last runs first).
+			runtime.Gosched()
 			signal(a.appliedc)
 		}
 	}
