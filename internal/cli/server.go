@@ -101,7 +101,7 @@ func runServer(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	bindServerFlags(fs, &cfg, &logLevel)
 	version := fs.Bool("version", false, "print the version and exit")
-	gcHeadroom := fs.Int("gc-headroom-mb", 96, "heap growth allowed between garbage collections once the data is large (MiB); 0 keeps Go's default GOGC=100, as does a GOGC environment variable")
+	gcHeadroom := fs.Int("gc-headroom-mb", 64, "heap growth allowed between garbage collections once the data is large (MiB); 0 keeps Go's default GOGC=100, as does a GOGC environment variable")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, `usage: cairn server [flags]
 

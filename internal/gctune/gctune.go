@@ -27,9 +27,9 @@ import (
 // Options configures the tuner. Zero fields get the defaults named.
 type Options struct {
 	// Headroom is the heap growth allowed between collections once the
-	// live heap is large. Default 96 MiB.
+	// live heap is large. Default 64 MiB.
 	Headroom uint64
-	// MinPercent is the lowest GOGC the tuner sets. Default 20.
+	// MinPercent is the lowest GOGC the tuner sets. Default 10.
 	MinPercent int
 	// Interval is how often the live heap is sampled. Default 1s.
 	Interval time.Duration
@@ -38,10 +38,10 @@ type Options struct {
 
 func (o *Options) defaults() {
 	if o.Headroom == 0 {
-		o.Headroom = 96 << 20
+		o.Headroom = 64 << 20
 	}
 	if o.MinPercent <= 0 {
-		o.MinPercent = 20
+		o.MinPercent = 10
 	}
 	if o.Interval <= 0 {
 		o.Interval = time.Second

@@ -21,9 +21,12 @@ func TestPercent(t *testing.T) {
 			t.Errorf("Percent(%d) = %d, want %d", tc.live, got, tc.want)
 		}
 	}
-	// Defaults: 96 MiB of headroom, floor 20.
-	if got := Percent(192<<20, Options{}); got != 50 {
-		t.Errorf("default Percent(192 MiB) = %d, want 50", got)
+	// Defaults: 64 MiB of headroom, floor 10.
+	if got := Percent(128<<20, Options{}); got != 50 {
+		t.Errorf("default Percent(128 MiB) = %d, want 50", got)
+	}
+	if got := Percent(1<<30, Options{}); got != 10 {
+		t.Errorf("default Percent(1 GiB) = %d, want the floor, 10", got)
 	}
 }
 
