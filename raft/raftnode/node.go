@@ -152,7 +152,7 @@ type Node struct {
 	// snapshot this node wrote, set when writing it finishes.
 	appliedBytes int64
 	snapBytes    atomic.Int64
-	applied   atomic.Uint64
+	applied      atomic.Uint64
 	// snapping is set while a background snapshot is being written;
 	// snapDone receives its outcome.
 	snapping bool
