@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 )
 
@@ -260,6 +261,46 @@ func TestLeftoverPreparedFile(t *testing.T) {
 		t.Fatalf("%d segments, want the records to need a second", n)
 	}
 	w, got = mustOpenOS(t, dir, true)
+	defer w.Close()
+	equalRecords(t, got, want)
+}
+
+// fullDiskFS is the operating system's file system, except that writes to
+// the prepared-segment file fail as on a full disk.
+type fullDiskFS struct{ OSFS }
+
+type fullFile struct{ File }
+
+func (fullFile) Write([]byte) (int, error) { return 0, syscall.ENOSPC }
+
+func (f fullDiskFS) Create(name string) (File, error) {
+	file, err := f.OSFS.Create(name)
+	if err != nil || filepath.Base(name) != preparedName {
+		return file, err
+	}
+	return fullFile{file}, nil
+}
+
+// TestPreallocationFailsOnFullDisk checks that a segment that cannot be
+// preallocated is created as an ordinary file, with nothing left behind.
+func TestPreallocationFailsOnFullDisk(t *testing.T) {
+	dir := t.TempDir()
+	w, err := Open(fullDiskFS{}, dir, Options{SegmentSize: preallocSegment, Preallocate: true}, nil)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	want := genRecords(rand.New(rand.NewPCG(11, 12)), 0, 400, 400)
+	for _, r := range want {
+		appendSync(t, w, r)
+	}
+	w.Close()
+	if _, err := os.Stat(filepath.Join(dir, preparedName)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a failed preparation left %s behind (stat: %v)", preparedName, err)
+	}
+	if n := len(segmentFiles(t, dir)); n < 2 {
+		t.Fatalf("%d segments; want the records to have rolled to ordinary files", n)
+	}
+	w, got := mustOpenOS(t, dir, true)
 	defer w.Close()
 	equalRecords(t, got, want)
 }

@@ -362,13 +362,20 @@ func (w *WAL) startPreparing() {
 }
 
 // prepare writes a file of SegmentSize zeros at preparedName and makes it
-// durable. It touches no WAL state, so it runs without the lock.
-func (w *WAL) prepare(stop *atomic.Bool) error {
+// durable. It touches no WAL state, so it runs without the lock. A
+// preparation that fails removes what it wrote: on a full disk those
+// bytes are better left to the records.
+func (w *WAL) prepare(stop *atomic.Bool) (err error) {
 	p := filepath.Join(w.dir, preparedName)
 	f, err := w.fs.Create(p)
 	if err != nil {
 		return fmt.Errorf("create %s: %w", p, err)
 	}
+	defer func() {
+		if err != nil {
+			_ = w.fs.Remove(p)
+		}
+	}()
 	zeros := make([]byte, min(w.opts.SegmentSize, 1<<20))
 	for n := int64(0); n < w.opts.SegmentSize; {
 		if stop.Load() {
