@@ -52,6 +52,12 @@ func BenchmarkApplyPut(b *testing.B) {
 		binary.LittleEndian.PutUint64(value, rng.Uint64())
 		entries[i] = (&Command{ClientID: 0, Put: &pb.PutRequest{Key: benchKey(rng.IntN(benchKeys)), Value: value}}).Marshal()
 	}
+	benchApply(b, s, entries)
+}
+
+// benchApply times applying entries to s in turn, b.N times in all, as
+// puts of 256-byte values.
+func benchApply(b *testing.B, s *Store, entries [][]byte) {
 	index := s.AppliedIndex()
 	b.ReportAllocs()
 	b.SetBytes(256)
@@ -229,15 +235,5 @@ func BenchmarkApplyPutOverwritePrevKV(b *testing.B) {
 
 func benchmarkApplyPutOverwrite(b *testing.B, prevKV bool) {
 	entries := putBenchEntries(putBenchKeys, func(i int) int { return i }, prevKV)
-	s := putBenchStore(b)
-	index := s.AppliedIndex()
-	b.ReportAllocs()
-	b.SetBytes(256)
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		index++
-		if r := s.Apply(index, entries[i%len(entries)]); r.Err != nil {
-			b.Fatal(r.Err)
-		}
-	}
+	benchApply(b, putBenchStore(b), entries)
 }

@@ -378,21 +378,30 @@ func (n *Node) propose(ctx context.Context, p *proposalReq) (uint64, any, error)
 }
 
 // enqueueProposal hands p to the loop, waiting while the queue is full.
-// The first attempt is a send on the one channel (a select over three
-// locks all three).
 func (n *Node) enqueueProposal(ctx context.Context, p *proposalReq) error {
+	if err := enqueue(ctx, n.propc, p, n.donec); err != ErrStopped {
+		return err
+	}
+	return n.stoppedErr()
+}
+
+// enqueue sends v to the loop on ch, waiting while ch is full, until ctx
+// ends (its error) or the node stops (ErrStopped). The first attempt is a
+// send on the one channel: a select over three locks all three, and most
+// sends find room.
+func enqueue[T any](ctx context.Context, ch chan<- T, v T, stopped <-chan struct{}) error {
 	select {
-	case n.propc <- p:
+	case ch <- v:
 		return nil
 	default:
 	}
 	select {
-	case n.propc <- p:
+	case ch <- v:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
-	case <-n.donec:
-		return n.stoppedErr()
+	case <-stopped:
+		return ErrStopped
 	}
 }
 
@@ -411,12 +420,10 @@ func (n *Node) stoppedErr() error {
 // waiting; both are safe to retry.
 func (n *Node) ReadIndex(ctx context.Context) (uint64, error) {
 	r := &readReq{done: make(chan readResult, 1)}
-	select {
-	case n.readc <- r:
-	case <-ctx.Done():
-		return 0, ctx.Err()
-	case <-n.donec:
+	if err := enqueue(ctx, n.readc, r, n.donec); err == ErrStopped {
 		return 0, n.stoppedErr()
+	} else if err != nil {
+		return 0, err
 	}
 	select {
 	case res := <-r.done:
@@ -499,19 +506,7 @@ func (n *Node) Process(ctx context.Context, m raft.Message) error {
 		s.Data = nil
 		m.Snapshot = &s
 	}
-	select {
-	case n.recvc <- m:
-		return nil
-	default:
-	}
-	select {
-	case n.recvc <- m:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-n.donec:
-		return ErrStopped
-	}
+	return enqueue(ctx, n.recvc, m, n.donec)
 }
 
 // ReportUnreachable implements Handler. It never blocks.

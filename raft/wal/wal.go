@@ -324,7 +324,6 @@ func (w *WAL) createSegment(s segment) error {
 		var err error
 		if f, err = w.takePrepared(p); err != nil {
 			w.log.Warn("wal: could not preallocate a segment; appending to a growing file instead", "file", p, "err", err)
-			f = nil
 		}
 	}
 	if f == nil {
@@ -365,35 +364,39 @@ func (w *WAL) startPreparing() {
 // durable. It touches no WAL state, so it runs without the lock. A
 // preparation that fails removes what it wrote: on a full disk those
 // bytes are better left to the records.
-func (w *WAL) prepare(stop *atomic.Bool) (err error) {
+func (w *WAL) prepare(stop *atomic.Bool) error {
 	p := filepath.Join(w.dir, preparedName)
 	f, err := w.fs.Create(p)
 	if err != nil {
 		return fmt.Errorf("create %s: %w", p, err)
 	}
-	defer func() {
-		if err != nil {
-			_ = w.fs.Remove(p)
-		}
-	}()
+	err = w.fillZeros(f, p, stop)
+	if cerr := f.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("close %s: %w", p, cerr)
+	}
+	if err != nil {
+		_ = w.fs.Remove(p)
+	}
+	return err
+}
+
+// fillZeros writes SegmentSize zeros to f, named p, and fsyncs it.
+func (w *WAL) fillZeros(f File, p string, stop *atomic.Bool) error {
 	zeros := make([]byte, min(w.opts.SegmentSize, 1<<20))
 	for n := int64(0); n < w.opts.SegmentSize; {
 		if stop.Load() {
-			f.Close()
 			return ErrClosed
 		}
 		k := min(int64(len(zeros)), w.opts.SegmentSize-n)
 		if _, err := f.Write(zeros[:k]); err != nil {
-			f.Close()
 			return fmt.Errorf("fill %s: %w", p, err)
 		}
 		n += k
 	}
 	if err := f.Sync(); err != nil {
-		f.Close()
 		return fmt.Errorf("fsync %s: %w", p, err)
 	}
-	return f.Close()
+	return nil
 }
 
 // takePrepared waits for the prepared file (preparing it now if nothing
