@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# bench/b-counts.sh: run workload b (etcd's benchmark tool, put, --conns 10)
+# against a fresh 3-member Cairn cluster on loopback and print, per member,
+# read and write system calls and CPU per put (from /proc/<pid>/io and
+# /proc/<pid>/stat). Cairn only; for finding where a put's cost goes, not
+# for comparisons (bench/compare.sh does those). See docs/performance.md.
+#
+#   bench/b-counts.sh [--clients N] [--total N] [BINARY]
+#
+# BINARY defaults to a cairn built from this checkout. Environment: extra
+# variables (GOMAXPROCS=1, ...) pass through to the servers. Needs etcd's
+# benchmark tool, which bench/compare.sh builds into bench/.cache/bin
+# (CAIRN_BENCH_CACHE overrides the cache), and etcdctl.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+CACHE=${CAIRN_BENCH_CACHE:-$ROOT/bench/.cache}
+CLIENTS=100
+TOTAL=100000
+BIN=""
+while (($#)); do
+	case $1 in
+	--clients) CLIENTS=$2; shift ;;
+	--total) TOTAL=$2; shift ;;
+	-h | --help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	-*) echo "b-counts.sh: unknown flag $1 (see --help)" >&2; exit 2 ;;
+	*) BIN=$1 ;;
+	esac
+	shift
+done
+BENCH=$(ls "$CACHE"/bin/etcd-benchmark-* 2>/dev/null | head -1)
+[[ -x $BENCH ]] || { echo "b-counts.sh: no benchmark tool in $CACHE/bin: run bench/compare.sh --quick first" >&2; exit 1; }
+command -v etcdctl >/dev/null || { echo "b-counts.sh: needs etcdctl (apt-get install etcd-client)" >&2; exit 1; }
+DATA=$(mktemp -d)
+trap 'kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$DATA"' EXIT
+if [[ -z $BIN ]]; then
+	BIN=$DATA/cairn
+	(cd "$ROOT" && go build -o "$BIN" ./cmd/cairn)
+fi
+
+PP=(24380 24390 24400) CP=(24379 24389 24399) PIDS=()
+for i in 0 1 2; do
+	"$BIN" server --name "m$i" --data-dir "$DATA/m$i" --listen-client "127.0.0.1:${CP[i]}" --listen-peer "127.0.0.1:${PP[i]}" \
+		--initial-cluster "m0=127.0.0.1:${PP[0]},m1=127.0.0.1:${PP[1]},m2=127.0.0.1:${PP[2]}" \
+		--tick-interval 100ms --election-ticks 10 --log-level warn >"$DATA/m$i.log" 2>&1 &
+	PIDS+=($!)
+done
+EPS=127.0.0.1:${CP[0]},127.0.0.1:${CP[1]},127.0.0.1:${CP[2]}
+for ((t = 0; t < 150; t++)); do
+	ETCDCTL_API=3 etcdctl --endpoints "$EPS" --command-timeout 2s put b-counts-warmup x >/dev/null 2>&1 && break
+	sleep 0.2
+done
+counts() { # reads writes cpu-ticks, one line per member
+	local p
+	for p in "${PIDS[@]}"; do
+		echo "$(awk '/^syscr|^syscw/{printf "%s ", $2}' "/proc/$p/io") $(awk '{print $14 + $15}' "/proc/$p/stat")"
+	done
+}
+before=$(counts)
+"$BENCH" --precise --endpoints "$EPS" --clients "$CLIENTS" --conns 10 put --total "$TOTAL" \
+	--sequential-keys --key-space-size "$TOTAL" --key-size 8 --val-size 256 >"$DATA/bench.out" 2>&1
+after=$(counts)
+tr '\r' '\n' <"$DATA/bench.out" | grep -E "Requests/sec|50% in|99% in" | tr -s ' \t' ' '
+hz=$(getconf CLK_TCK)
+paste <(echo "$before") <(echo "$after") | awk -v n="$TOTAL" -v hz="$hz" '
+	{ r = ($4 - $1) / n; w = ($5 - $2) / n; c = ($6 - $3) * 1e6 / hz / n; R += r; W += w; C += c
+	  printf "m%d: reads/put %.3f  writes/put %.3f  CPU/put %.1f us\n", NR - 1, r, w, c }
+	END { printf "all: reads/put %.3f  writes/put %.3f  CPU/put %.1f us\n", R, W, C }'
