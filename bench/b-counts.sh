@@ -38,9 +38,9 @@ if [[ -z $BIN ]]; then
 	(cd "$ROOT" && go build -o "$BIN" ./cmd/cairn)
 fi
 
-PP=(24380 24390 24400) CP=(24379 24389 24399) PIDS=()
+PP=(24380 24390 24400) CP=(24379 24389 24399) MP=(24381 24391 24401) PIDS=()
 for i in 0 1 2; do
-	"$BIN" server --name "m$i" --data-dir "$DATA/m$i" --listen-client "127.0.0.1:${CP[i]}" --listen-peer "127.0.0.1:${PP[i]}" \
+	"$BIN" server --name "m$i" --data-dir "$DATA/m$i" --listen-client "127.0.0.1:${CP[i]}" --listen-peer "127.0.0.1:${PP[i]}" --listen-metrics "127.0.0.1:${MP[i]}" \
 		--initial-cluster "m0=127.0.0.1:${PP[0]},m1=127.0.0.1:${PP[1]},m2=127.0.0.1:${PP[2]}" \
 		--tick-interval 100ms --election-ticks 10 --log-level warn >"$DATA/m$i.log" 2>&1 &
 	PIDS+=($!)
@@ -50,10 +50,12 @@ for ((t = 0; t < 150; t++)); do
 	ETCDCTL_API=3 etcdctl --endpoints "$EPS" --command-timeout 2s put b-counts-warmup x >/dev/null 2>&1 && break
 	sleep 0.2
 done
-counts() { # reads writes cpu-ticks, one line per member
-	local p
-	for p in "${PIDS[@]}"; do
-		echo "$(awk '/^syscr|^syscw/{printf "%s ", $2}' "/proc/$p/io") $(awk '{print $14 + $15}' "/proc/$p/stat")"
+counts() { # reads writes cpu-ticks peer-messages wal-saves, one line per member
+	local i p
+	for i in 0 1 2; do
+		p=${PIDS[i]}
+		echo "$(awk '/^syscr|^syscw/{printf "%s ", $2}' "/proc/$p/io") $(awk '{print $14 + $15}' "/proc/$p/stat")" \
+			"$(curl -s "http://127.0.0.1:${MP[i]}/metrics" | awk '/^cairn_wal_save_duration_seconds_count|^cairn_peer_messages_sent_total/{printf "%s ", $2}')"
 	done
 }
 before=$(counts)
@@ -63,6 +65,7 @@ after=$(counts)
 tr '\r' '\n' <"$DATA/bench.out" | grep -E "Requests/sec|50% in|99% in" | tr -s ' \t' ' '
 hz=$(getconf CLK_TCK)
 paste <(echo "$before") <(echo "$after") | awk -v n="$TOTAL" -v hz="$hz" '
-	{ r = ($4 - $1) / n; w = ($5 - $2) / n; c = ($6 - $3) * 1e6 / hz / n; R += r; W += w; C += c
-	  printf "m%d: reads/put %.3f  writes/put %.3f  CPU/put %.1f us\n", NR - 1, r, w, c }
-	END { printf "all: reads/put %.3f  writes/put %.3f  CPU/put %.1f us\n", R, W, C }'
+	{ r = ($6 - $1) / n; w = ($7 - $2) / n; c = ($8 - $3) * 1e6 / hz / n; m = ($9 - $4) / n; f = ($10 - $5) / n
+	  R += r; W += w; C += c; F += f; M += m
+	  printf "m%d: reads/put %.3f  writes/put %.3f  CPU/put %.1f us  puts/WAL save %.1f  puts/peer msg %.1f\n", NR - 1, r, w, c, 1 / f, 1 / m }
+	END { printf "all: reads/put %.3f  writes/put %.3f  CPU/put %.1f us  saves/put %.3f  peer msgs/put %.3f\n", R, W, C, F, M }'

@@ -343,6 +343,9 @@ main() {
 		echo "etcd=$(etcd --version 2>/dev/null | tr '\n' ' ')"
 		echo "benchmark=go.etcd.io/etcd/v3@$ETCD_MODULE_VERSION tools/benchmark"
 		echo "fsync=$("$BENCHCMP" fsync -dir "$DATA" -n 300)"
+		# Three members on one disk fsync at the same moments: what each
+		# of their WAL appends costs then (see docs/performance.md).
+		echo "fsync_3=$("$BENCHCMP" fsync -dir "$DATA" -n 300 -prealloc -parallel 3)"
 		echo "load_before=$(load_avg)"
 	} >"$OUT/env.txt"
 	workloads >"$OUT/workloads.tsv"

@@ -8,17 +8,22 @@
 //	benchcmp probe -endpoints E -since-ns T
 //	                               wait until a linearizable read succeeds,
 //	                               print seconds since T (restart time)
-//	benchcmp fsync -dir D          measure 4 KiB append+fsync on D's disk
+//	benchcmp fsync -dir D [-parallel N] [-prealloc]
+//	                               measure 4 KiB append+fsync on D's disk,
+//	                               from N files at once
 package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -46,7 +51,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: benchcmp report -dir DIR | probe -endpoints A,B -since-ns N | fsync -dir DIR")
+	fmt.Fprintln(os.Stderr, "usage: benchcmp report -dir DIR | probe -endpoints A,B -since-ns N | fsync -dir DIR [-n N] [-parallel N] [-prealloc]")
 	os.Exit(2)
 }
 
@@ -124,28 +129,81 @@ func cmdProbe(args []string) error {
 func cmdFsync(args []string) error {
 	fs := flag.NewFlagSet("fsync", flag.ExitOnError)
 	dir := fs.String("dir", ".", "directory on the disk to measure")
-	n := fs.Int("n", 500, "appends")
+	n := fs.Int("n", 500, "appends per file")
+	parallel := fs.Int("parallel", 1, "files appended to and fsynced at once, one goroutine each (3 = a 3-member cluster on one disk)")
+	prealloc := fs.Bool("prealloc", false, "append into a file zero-filled beforehand, as the WAL's preallocated segments are")
 	_ = fs.Parse(args)
-	f, err := os.CreateTemp(*dir, "fsync-*.tmp")
-	if err != nil {
+	if *n < 1 || *parallel < 1 || fs.NArg() > 0 {
+		usage()
+	}
+	var mu sync.Mutex
+	var d []float64
+	var wg sync.WaitGroup
+	errs := make([]error, *parallel)
+	start := make(chan struct{})
+	for k := range *parallel {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			own, err := appendFsync(*dir, *n, *prealloc, start)
+			mu.Lock()
+			d = append(d, own...)
+			mu.Unlock()
+			errs[k] = err
+		}()
+	}
+	close(start)
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
 		return err
+	}
+	slices.Sort(d)
+	what := "4KiB append+fsync"
+	if *prealloc {
+		what += " (preallocated)"
+	}
+	if *parallel > 1 {
+		what += fmt.Sprintf(", %d files at once", *parallel)
+	}
+	fmt.Printf("%s x%d: p50 %.0f us, p90 %.0f us, p99 %.0f us\n",
+		what, *n, d[len(d)/2], d[len(d)*9/10], d[len(d)*99/100])
+	return nil
+}
+
+// appendFsync appends n 4 KiB blocks to a new file in dir, each followed by
+// an fsync, once start is closed, and returns each one's microseconds.
+func appendFsync(dir string, n int, prealloc bool, start <-chan struct{}) ([]float64, error) {
+	f, err := os.CreateTemp(dir, "fsync-*.tmp")
+	if err != nil {
+		return nil, err
 	}
 	defer os.Remove(f.Name())
 	defer f.Close()
 	buf := make([]byte, 4096)
-	d := make([]float64, 0, *n)
-	for i := 0; i < *n; i++ {
-		t := time.Now()
-		if _, err := f.Write(buf); err != nil {
-			return err
+	if prealloc {
+		for range n {
+			if _, err := f.Write(buf); err != nil {
+				return nil, err
+			}
 		}
 		if err := f.Sync(); err != nil {
-			return err
+			return nil, err
+		}
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return nil, err
+		}
+	}
+	<-start
+	d := make([]float64, 0, n)
+	for range n {
+		t := time.Now()
+		if _, err := f.Write(buf); err != nil {
+			return nil, err
+		}
+		if err := f.Sync(); err != nil {
+			return nil, err
 		}
 		d = append(d, float64(time.Since(t).Microseconds()))
 	}
-	slices.Sort(d)
-	fmt.Printf("4KiB append+fsync x%d: p50 %.0f us, p90 %.0f us, p99 %.0f us\n",
-		*n, d[len(d)/2], d[len(d)*9/10], d[len(d)*99/100])
-	return nil
+	return d, nil
 }

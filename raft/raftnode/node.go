@@ -170,6 +170,10 @@ type Node struct {
 	persist     *persister
 	pendingSnap *raft.SnapshotMeta
 	ackBuf      []raft.WriteAck
+	// unsavedHS is a hard state that differs from the last one handed
+	// to the persister only in its commit index: it is written with the
+	// next write instead of on its own (see handleReady).
+	unsavedHS raft.HardState
 
 	lead    atomic.Uint64
 	term    atomic.Uint64
@@ -749,6 +753,20 @@ func (n *Node) handleReady() error {
 		meta := rd.Snapshot.Meta
 		job.snap = &meta
 		n.pendingSnap = &meta
+	}
+	switch {
+	case !job.hs.IsEmpty() && !job.sync && len(job.ents) == 0 && job.snap == nil:
+		// Only the commit index moved. It need not be durable (a
+		// restarted member learns it again from the leader, and never
+		// below its snapshot), so it waits for the next write rather
+		// than costing a write and a wake of the persister per round:
+		// one client's every put makes such a Ready on every member.
+		// Its acknowledgement would change nothing in the core.
+		n.unsavedHS, job.hs = job.hs, raft.HardState{}
+	case !job.hs.IsEmpty():
+		n.unsavedHS = raft.HardState{} // superseded: the newer one is whole
+	case job.writes() && !n.unsavedHS.IsEmpty():
+		job.hs, n.unsavedHS = n.unsavedHS, raft.HardState{}
 	}
 	switch {
 	case job.writes():

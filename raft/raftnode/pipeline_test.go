@@ -2,6 +2,7 @@ package raftnode
 
 import (
 	"fmt"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -105,5 +106,68 @@ func TestSlowApplyDoesNotStallRaft(t *testing.T) {
 	close(bsm.gate)
 	if err := <-done; err != nil {
 		t.Fatalf("proposal: %v", err)
+	}
+}
+
+// saveRecorder records the Saves a node makes.
+type saveRecorder struct {
+	*MemStorage
+	mu          sync.Mutex
+	commitOnly  int // Saves of a hard state alone that need no fsync
+	entryWrites int
+}
+
+func (s *saveRecorder) Save(hs raft.HardState, ents []raft.Entry, sync bool) error {
+	s.mu.Lock()
+	if len(ents) == 0 && !sync && !hs.IsEmpty() {
+		s.commitOnly++
+	}
+	if len(ents) > 0 {
+		s.entryWrites++
+	}
+	s.mu.Unlock()
+	return s.MemStorage.Save(hs, ents, sync)
+}
+
+// A Ready that only moves the commit index costs no write of its own:
+// the next write carries it, so one client's put makes one write per
+// member, not two. The commit index it carries must still advance.
+func TestCommitIndexRidesOnTheNextWrite(t *testing.T) {
+	net := NewMemNetwork()
+	ids := []uint64{1, 2, 3}
+	recs := map[uint64]*saveRecorder{}
+	nodes := map[uint64]*Node{}
+	for _, id := range ids {
+		recs[id] = &saveRecorder{MemStorage: NewMemStorage()}
+		nd, err := Start(testConfig(id), recs[id], net.Transport(id), newKV(), ids)
+		if err != nil {
+			t.Fatalf("start %d: %v", id, err)
+		}
+		net.Register(id, nd, recs[id])
+		nodes[id] = nd
+		t.Cleanup(nd.Stop)
+	}
+	c := &cluster{t: t, nodes: nodes}
+	ctx := ctxT(t)
+	var last uint64
+	for i := 0; i < 30; i++ {
+		last = c.put(ctx, "k", strconv.Itoa(i)) // one at a time: every commit is its own round
+	}
+	for _, id := range ids {
+		r := recs[id]
+		r.mu.Lock()
+		commitOnly, writes := r.commitOnly, r.entryWrites
+		r.mu.Unlock()
+		if commitOnly != 0 {
+			t.Errorf("node %d: %d commit-only writes (and %d entry writes), want none", id, commitOnly, writes)
+		}
+		hs, _, err := r.InitialState()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Each put's write carries the commit of the one before.
+		if hs.Commit+1 < last-1 {
+			t.Errorf("node %d: stored commit %d, want at least %d (the last put is %d)", id, hs.Commit, last-2, last)
+		}
 	}
 }
