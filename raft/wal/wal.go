@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"path/filepath"
@@ -227,58 +228,134 @@ func Open(fsys FS, dir string, opts Options, replay func(Record) error) (*WAL, e
 // recoverSegment replays the records of segment s and returns the length
 // of its file after recovery, which is more than the records' length if
 // the segment was preallocated.
+//
+// The file is read in windows of readWindow bytes, not whole: a
+// preallocated segment is mostly zeros, and reading all of it into one
+// buffer cost a restarting member a 64 MiB allocation (hundreds of
+// milliseconds of page faults on a VM) and kept it alive as long as any
+// replayed record pointed into it. Records point into the window they
+// were decoded from, so what stays alive is about the records' own size.
 func (w *WAL) recoverSegment(s segment, last bool, replay func(Record) error) (int64, error) {
 	p := w.path(s)
+	f, err := w.fs.Open(p)
+	if err != nil {
+		return 0, fmt.Errorf("wal: read %s: %w", p, err)
+	}
+	defer f.Close()
+	var (
+		buf  []byte // file bytes [base, base+len(buf))
+		base int64
+		pos  int // next record's offset in buf
+		eof  bool
+	)
+	for {
+		rec, n, derr := decodeRecord(buf[pos:])
+		if derr == nil {
+			w.maxIndex = max(w.maxIndex, rec.Index)
+			w.stats.Recovered++
+			if replay != nil {
+				if err := replay(rec); err != nil {
+					return 0, err
+				}
+			}
+			pos += n
+			continue
+		}
+		if errors.Is(derr, errShort) && !eof {
+			if len(buf) == cap(buf) {
+				// Start a new window at the undecoded bytes, big
+				// enough for a record that does not fit a window.
+				rest := buf[pos:]
+				nb := make([]byte, len(rest), max(readWindow, 2*len(rest)))
+				copy(nb, rest)
+				base += int64(pos)
+				buf, pos = nb, 0
+			}
+			k, rerr := io.ReadFull(f, buf[len(buf):cap(buf)])
+			buf = buf[:len(buf)+k]
+			switch {
+			case errors.Is(rerr, io.EOF) || errors.Is(rerr, io.ErrUnexpectedEOF):
+				eof = true
+			case rerr != nil:
+				return 0, fmt.Errorf("wal: read %s: %w", p, rerr)
+			}
+			continue
+		}
+		// No record at base+pos: the end of the records.
+		off := base + int64(pos)
+		zeros, size, err := restIsZero(buf[pos:], f, off)
+		if err != nil {
+			return 0, fmt.Errorf("wal: read %s: %w", p, err)
+		}
+		if zeros {
+			// The end of the file, or the unwritten rest of a
+			// preallocated segment. (A record's type is never 0, so
+			// zeros are never a record.) In a segment that is not the
+			// last, the index check in Open notices if records are
+			// missing.
+			if last {
+				w.size = off
+			}
+			return size, nil
+		}
+		// Something other than zeros follows: corruption, or a torn
+		// tail. Rare, so the judgement reads the whole file.
+		return w.recoverBadTail(p, off, last, derr)
+	}
+}
+
+// readWindow is how much of a segment recovery reads at a time.
+const readWindow = 1 << 20
+
+// restIsZero reports whether b and everything f still holds are zeros,
+// and the file's length, given that b starts at file offset off.
+func restIsZero(b []byte, f io.Reader, off int64) (bool, int64, error) {
+	size := off + int64(len(b))
+	zeros := allZero(b)
+	scratch := make([]byte, readWindow)
+	for {
+		k, err := f.Read(scratch)
+		size += int64(k)
+		zeros = zeros && allZero(scratch[:k])
+		if errors.Is(err, io.EOF) {
+			return zeros, size, nil
+		}
+		if err != nil {
+			return false, 0, err
+		}
+	}
+}
+
+// recoverBadTail decides what the bytes from off in segment file p are,
+// when no record starts at off and they are not all zeros: in the last
+// segment a torn write, which it truncates, unless a valid record follows
+// them without a whole sector of zeros between (corruption); in any
+// other segment corruption. It returns the file's length after recovery.
+func (w *WAL) recoverBadTail(p string, off int64, last bool, derr error) (int64, error) {
 	data, err := w.fs.ReadFile(p)
 	if err != nil {
 		return 0, fmt.Errorf("wal: read %s: %w", p, err)
 	}
-	fileLen := int64(len(data))
-	off := 0
-	for off < len(data) {
-		rec, n, err := decodeRecord(data[off:])
-		if err != nil {
-			if allZero(data[off:]) {
-				// The unwritten rest of a preallocated segment. (A
-				// record's type is never 0, so zeros are never a
-				// record.) In a segment that is not the last, the
-				// index check in Open notices if records are missing.
-				break
-			}
-			if !last {
-				return 0, fmt.Errorf("%w: %s at offset %d: %w", ErrCorrupt, p, off, err)
-			}
-			if q := validRecordAfter(data, off); q >= 0 && !hasZeroSector(data[off:q], off) {
-				return 0, fmt.Errorf("%w: %s at offset %d (valid record follows at offset %d): %w", ErrCorrupt, p, off, q, err)
-			}
-			// Nothing valid follows, or what does follows a whole
-			// sector of zeros: a write was torn by a crash before its
-			// fsync returned, so no caller was told the record was
-			// durable. (Overwriting a preallocated file, the pages of
-			// one unsynced write can reach the disk in any order: a
-			// later record may survive while an earlier page is still
-			// the zeros the file was filled with.)
-			w.log.Warn("wal: truncating torn tail", "file", p, "offset", off, "bytes", len(data)-off, "reason", err)
-			if err := w.fs.Truncate(p, int64(off)); err != nil {
-				return 0, fmt.Errorf("wal: truncate %s: %w", p, err)
-			}
-			w.stats.TornFile, w.stats.TornOffset, w.stats.TornBytes = p, int64(off), int64(len(data)-off)
-			fileLen = int64(off)
-			break
-		}
-		w.maxIndex = max(w.maxIndex, rec.Index)
-		w.stats.Recovered++
-		if replay != nil {
-			if err := replay(rec); err != nil {
-				return 0, err
-			}
-		}
-		off += n
+	o := int(off)
+	if !last {
+		return 0, fmt.Errorf("%w: %s at offset %d: %w", ErrCorrupt, p, o, derr)
 	}
-	if last {
-		w.size = int64(off)
+	if q := validRecordAfter(data, o); q >= 0 && !hasZeroSector(data[o:q], o) {
+		return 0, fmt.Errorf("%w: %s at offset %d (valid record follows at offset %d): %w", ErrCorrupt, p, o, q, derr)
 	}
-	return fileLen, nil
+	// Nothing valid follows, or what does follows a whole sector of
+	// zeros: a write was torn by a crash before its fsync returned, so
+	// no caller was told the record was durable. (Overwriting a
+	// preallocated file, the pages of one unsynced write can reach the
+	// disk in any order: a later record may survive while an earlier
+	// page is still the zeros the file was filled with.)
+	w.log.Warn("wal: truncating torn tail", "file", p, "offset", o, "bytes", len(data)-o, "reason", derr)
+	if err := w.fs.Truncate(p, off); err != nil {
+		return 0, fmt.Errorf("wal: truncate %s: %w", p, err)
+	}
+	w.stats.TornFile, w.stats.TornOffset, w.stats.TornBytes = p, off, int64(len(data)-o)
+	w.size = off
+	return off, nil
 }
 
 // sectorSize is the unit a disk writes atomically, at the least.
