@@ -2,15 +2,17 @@
 # bench/b-counts.sh: run workload b (etcd's benchmark tool, put, --conns 10)
 # against a fresh 3-member Cairn cluster on loopback and print, per member,
 # read and write system calls and CPU per put (from /proc/<pid>/io and
-# /proc/<pid>/stat). Cairn only; for finding where a put's cost goes, not
-# for comparisons (bench/compare.sh does those). See docs/performance.md.
+# /proc/<pid>/stat), and puts per WAL save and per peer message (from each
+# member's /metrics, served on its client port + 2). Cairn only; for
+# finding where a put's cost goes, not for comparisons (bench/compare.sh
+# does those). See docs/performance.md.
 #
 #   bench/b-counts.sh [--clients N] [--total N] [BINARY]
 #
 # BINARY defaults to a cairn built from this checkout. Environment: extra
 # variables (GOMAXPROCS=1, ...) pass through to the servers. Needs etcd's
 # benchmark tool, which bench/compare.sh builds into bench/.cache/bin
-# (CAIRN_BENCH_CACHE overrides the cache), and etcdctl.
+# (CAIRN_BENCH_CACHE overrides the cache), etcdctl and curl.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,7 +24,7 @@ while (($#)); do
 	case $1 in
 	--clients) CLIENTS=$2; shift ;;
 	--total) TOTAL=$2; shift ;;
-	-h | --help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	-h | --help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	-*) echo "b-counts.sh: unknown flag $1 (see --help)" >&2; exit 2 ;;
 	*) BIN=$1 ;;
 	esac
@@ -31,6 +33,7 @@ done
 BENCH=$(ls "$CACHE"/bin/etcd-benchmark-* 2>/dev/null | head -1)
 [[ -x $BENCH ]] || { echo "b-counts.sh: no benchmark tool in $CACHE/bin: run bench/compare.sh --quick first" >&2; exit 1; }
 command -v etcdctl >/dev/null || { echo "b-counts.sh: needs etcdctl (apt-get install etcd-client)" >&2; exit 1; }
+command -v curl >/dev/null || { echo "b-counts.sh: needs curl (apt-get install curl)" >&2; exit 1; }
 DATA=$(mktemp -d)
 trap 'kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$DATA"' EXIT
 if [[ -z $BIN ]]; then
