@@ -308,17 +308,22 @@ func (w *WAL) recoverSegment(s segment, last bool, replay func(Record) error) (i
 const readWindow = 1 << 20
 
 // restIsZero reports whether b and everything f still holds are zeros,
-// and the file's length, given that b starts at file offset off.
+// and if so the file's length, given that b starts at file offset off. It
+// stops reading at the first byte that is not zero.
 func restIsZero(b []byte, f io.Reader, off int64) (bool, int64, error) {
+	if !allZero(b) {
+		return false, 0, nil
+	}
 	size := off + int64(len(b))
-	zeros := allZero(b)
 	scratch := make([]byte, readWindow)
 	for {
 		k, err := f.Read(scratch)
 		size += int64(k)
-		zeros = zeros && allZero(scratch[:k])
+		if !allZero(scratch[:k]) {
+			return false, 0, nil
+		}
 		if errors.Is(err, io.EOF) {
-			return zeros, size, nil
+			return true, size, nil
 		}
 		if err != nil {
 			return false, 0, err
@@ -332,14 +337,14 @@ func restIsZero(b []byte, f io.Reader, off int64) (bool, int64, error) {
 // them without a whole sector of zeros between (corruption); in any
 // other segment corruption. It returns the file's length after recovery.
 func (w *WAL) recoverBadTail(p string, off int64, last bool, derr error) (int64, error) {
+	if !last {
+		return 0, fmt.Errorf("%w: %s at offset %d: %w", ErrCorrupt, p, off, derr)
+	}
 	data, err := w.fs.ReadFile(p)
 	if err != nil {
 		return 0, fmt.Errorf("wal: read %s: %w", p, err)
 	}
 	o := int(off)
-	if !last {
-		return 0, fmt.Errorf("%w: %s at offset %d: %w", ErrCorrupt, p, o, derr)
-	}
 	if q := validRecordAfter(data, o); q >= 0 && !hasZeroSector(data[o:q], o) {
 		return 0, fmt.Errorf("%w: %s at offset %d (valid record follows at offset %d): %w", ErrCorrupt, p, o, q, derr)
 	}
