@@ -397,6 +397,7 @@ func TestSnapshotInstallToLaggingFollower(t *testing.T) {
 	n.tick(1) // a heartbeat finds node 3 behind
 	after := n.propose(1, "after")
 	n.stabilize()
+	n.tick(heartbeatTick) // followers learn the commit index from a heartbeat
 
 	if snapMsgs != 1 || snapReadies != 1 {
 		t.Fatalf("%d MsgSnap delivered and %d snapshot Readies on node 3, want 1 and 1", snapMsgs, snapReadies)
@@ -497,6 +498,7 @@ func TestMembershipChangeDuringPartition(t *testing.T) {
 	}
 	w2 := n.propose(1, "after-heal")
 	n.stabilize()
+	n.tick(heartbeatTick) // followers learn the commit index from a heartbeat
 	for _, id := range []uint64{1, 2, 4} {
 		if c := n.status(id).Commit; c != w2 {
 			t.Fatalf("node %d commit %d, want %d", id, c, w2)
@@ -773,6 +775,7 @@ func TestLeadershipTransfer(t *testing.T) {
 		}
 		idx := n.propose(1, "resumed")
 		n.stabilize()
+		n.tick(heartbeatTick) // followers learn the commit index from a heartbeat
 		if c := n.status(2).Commit; c != idx {
 			t.Fatalf("proposal after the aborted transfer: node 2 commit %d, want %d", c, idx)
 		}

@@ -44,7 +44,24 @@ type Progress struct {
 	// ProbeSent pauses a probing follower after one append.
 	ProbeSent bool
 	IsLearner bool
-	inflights inflights
+	// CommitSent is the highest index the follower can know to be
+	// committed from what the leader sent it: the commit index of an
+	// append or heartbeat (up to the entries it carried or the follower
+	// held), or the index of a MsgDurable.
+	CommitSent uint64
+	// CommitWanted is the highest index the follower waits to see
+	// committed: the last entry of a proposal it forwarded, or a read
+	// index it asked for. Without Config.BroadcastCommit, a commit index
+	// goes out in an append of its own only to a follower with
+	// CommitWanted above CommitSent.
+	CommitWanted uint64
+	inflights    inflights
+}
+
+// wantsCommit reports whether the follower waits for a commit index it
+// has not been sent, given the leader's commit index.
+func (pr *Progress) wantsCommit(committed uint64) bool {
+	return min(pr.CommitWanted, committed) > pr.CommitSent
 }
 
 func (pr *Progress) String() string {

@@ -89,6 +89,20 @@ type raft struct {
 
 	// bcastPending: appends to every follower are due (see bcastAppend).
 	bcastPending bool
+	// commitPending: the commit index moved, or a follower was answered a
+	// read index; appends carrying it are due to the followers waiting
+	// for it (see commitAdvanced).
+	commitPending bool
+	// broadcastCommit: see Config.BroadcastCommit.
+	broadcastCommit bool
+	// leaderDurable is, on a follower, the index up to which the leader
+	// of this term reported its log durable (MsgDurable); 0 if none.
+	leaderDurable uint64
+	// durableSent is, on a leader, the highest index it sent in a
+	// MsgDurable this term. A follower may commit and acknowledge a write
+	// up to there before the leader learns that it is committed, so a
+	// read index never goes below it.
+	durableSent uint64
 
 	leadTransferee uint64
 	// pendingConfIndex is the index of the last membership change the
@@ -128,6 +142,7 @@ func newRaft(c *Config) (*raft, error) {
 		preVote:             c.PreVote,
 		asyncWrites:         c.AsyncStorageWrites,
 		electionTickAdvance: c.ElectionTickAdvance && c.PreVote && c.CheckQuorum,
+		broadcastCommit:     c.BroadcastCommit,
 		readOnly:            newReadOnly(),
 	}
 	r.applyConfState(cs)
@@ -244,6 +259,8 @@ func (r *raft) maybeSendAppend(to uint64, sendIfEmpty bool) bool {
 		return false
 	}
 	r.send(Message{To: to, Type: MsgApp, Index: prevIndex, LogTerm: prevTerm, Entries: ents, Commit: r.log.committed})
+	// If the follower accepts, it commits up to the last entry sent.
+	pr.CommitSent = max(pr.CommitSent, min(r.log.committed, prevIndex+uint64(len(ents))))
 	switch pr.State {
 	case ProgressReplicate:
 		if n := len(ents); n > 0 {
@@ -288,8 +305,10 @@ func entsSize(ents []Entry) uint64 {
 func (r *raft) sendHeartbeat(to uint64, ctx []byte) {
 	// A follower may not have the leader's committed entries yet, so never
 	// send it a commit index beyond what it is known to hold.
-	commit := min(r.trk.progress[to].Match, r.log.committed)
+	pr := r.trk.progress[to]
+	commit := min(pr.Match, r.log.committed)
 	r.send(Message{To: to, Type: MsgHeartbeat, Commit: commit, Context: ctx})
+	pr.CommitSent = max(pr.CommitSent, commit)
 }
 
 // bcastAppend schedules an append (or heartbeat-like empty append carrying
@@ -298,20 +317,72 @@ func (r *raft) sendHeartbeat(to uint64, ctx []byte) {
 // in one batch become one append per follower.
 func (r *raft) bcastAppend() { r.bcastPending = true }
 
-// flushBcast sends the appends scheduled by bcastAppend.
+// flushBcast sends the appends scheduled by bcastAppend, or else those
+// that carry a new commit index to the followers waiting for it.
 func (r *raft) flushBcast() {
-	if !r.bcastPending {
+	if !r.bcastPending && !r.commitPending {
 		return
 	}
-	r.bcastPending = false
+	all := r.bcastPending
+	r.bcastPending, r.commitPending = false, false
 	if r.state != StateLeader {
 		return
 	}
 	for _, id := range r.trk.members() {
-		if id != r.id {
+		if id == r.id {
+			continue
+		}
+		if all || r.trk.progress[id].wantsCommit(r.log.committed) {
 			r.maybeSendAppend(id, true)
 		}
 	}
+}
+
+// commitAdvanced schedules telling the followers about a commit index
+// that moved past prev. Without Config.BroadcastCommit only the followers
+// waiting for it are sent one now, unless the advance commits a
+// membership change or this term's first entry: every member must learn
+// those promptly (a removed member, for one, stops only once it applies
+// its removal).
+func (r *raft) commitAdvanced(prev uint64) {
+	if r.broadcastCommit || (prev < r.pendingConfIndex && r.pendingConfIndex <= r.log.committed) {
+		r.bcastAppend()
+		return
+	}
+	r.commitPending = true
+}
+
+// sendDurable tells each follower that waits for a commit index, and
+// that makes a quorum with the leader, how far the leader's log is
+// durable (MsgDurable): that follower can commit as soon as its own copy
+// is durable too. Not while a membership change is uncommitted (nor
+// before this term's first entry commits): the quorum the message
+// promises must be the one the leader counts with.
+func (r *raft) sendDurable() {
+	if r.broadcastCommit || r.state != StateLeader || r.trk.quorum() > 2 || !r.trk.isVoter(r.id) ||
+		r.pendingConfIndex > r.log.committed {
+		return
+	}
+	durable := r.log.lastStableIndex()
+	for _, id := range r.trk.voters {
+		pr := r.trk.progress[id]
+		if id == r.id || pr == nil || pr.CommitWanted > durable || !pr.wantsCommit(durable) {
+			continue
+		}
+		r.send(Message{To: id, Type: MsgDurable, Index: durable})
+		pr.CommitSent = durable
+		r.durableSent = durable
+	}
+}
+
+// maybeCommitDurable commits, on a follower, what is durable both here
+// and on the leader (MsgDurable), where the two make a quorum: the last
+// such entry of the leader's term and everything before it.
+func (r *raft) maybeCommitDurable() {
+	if r.state != StateFollower || r.leaderDurable == 0 {
+		return
+	}
+	r.log.maybeCommit(min(r.leaderDurable, r.log.lastStableIndex(), r.log.lastIndex()), r.term)
 }
 
 func (r *raft) bcastHeartbeat() {
@@ -351,6 +422,9 @@ func (r *raft) reset(term uint64) {
 		}
 	}
 	r.pendingConfIndex = 0
+	r.commitPending = false
+	r.leaderDurable = 0
+	r.durableSent = 0
 	r.readOnly = newReadOnly()
 	r.pendingReadIndexMessages = nil
 }
@@ -536,10 +610,11 @@ func (r *raft) leaderSelfDurable() {
 		return
 	}
 	if pr := r.trk.progress[r.id]; pr != nil && pr.maybeUpdate(r.log.lastStableIndex()) {
-		if r.maybeCommit() {
+		if prev := r.log.committed; r.maybeCommit() {
 			r.releasePendingReadIndexMessages()
-			r.bcastAppend()
+			r.commitAdvanced(prev)
 		}
+		r.sendDurable()
 	}
 }
 
@@ -573,7 +648,7 @@ func (r *raft) Step(m Message) error {
 			// A granted pre-vote carries the future term; we move to it
 			// when we win and start the real election.
 		default:
-			if m.Type == MsgApp || m.Type == MsgHeartbeat || m.Type == MsgSnap {
+			if m.Type == MsgApp || m.Type == MsgHeartbeat || m.Type == MsgSnap || m.Type == MsgDurable {
 				r.becomeFollower(m.Term, m.From)
 			} else {
 				r.becomeFollower(m.Term, None)
@@ -690,9 +765,9 @@ func (r *raft) stepLeader(m Message) error {
 		case pr.State == ProgressReplicate:
 			pr.inflights.freeLE(m.Index)
 		}
-		if r.maybeCommit() {
+		if prev := r.log.committed; r.maybeCommit() {
 			r.releasePendingReadIndexMessages()
-			r.bcastAppend()
+			r.commitAdvanced(prev)
 		} else if wasPaused {
 			r.maybeSendAppend(m.From, true)
 		}
@@ -773,6 +848,10 @@ func (r *raft) leaderPropose(m Message) error {
 		return err
 	}
 	r.appendEntry(m.Entries...)
+	if pr := r.trk.progress[m.From]; pr != nil && m.From != r.id {
+		// A forwarded proposal: its follower waits to apply it.
+		pr.CommitWanted = r.log.lastIndex()
+	}
 	r.bcastAppend()
 	return nil
 }
@@ -835,7 +914,10 @@ func (r *raft) startReadIndex(m Message) {
 		r.respondReadIndex(m, r.log.committed)
 		return
 	}
-	r.readOnly.addRequest(r.log.committed, m)
+	// A follower told that our log is durable may already have committed
+	// and acknowledged entries up to durableSent, which we have not yet
+	// seen committed: the read must wait for those too.
+	r.readOnly.addRequest(max(r.log.committed, r.durableSent), m)
 	r.readOnly.recvAck(r.id, m.Context)
 	r.bcastHeartbeatWithCtx(m.Context)
 }
@@ -846,6 +928,13 @@ func (r *raft) respondReadIndex(req Message, index uint64) {
 		return
 	}
 	r.send(Message{To: req.From, Type: MsgReadIndexResp, Index: index, Context: req.Context})
+	if pr := r.trk.progress[req.From]; pr != nil {
+		// The follower applies up to index before it reads.
+		pr.CommitWanted = max(pr.CommitWanted, index)
+		if pr.wantsCommit(r.log.committed) {
+			r.commitPending = true
+		}
+	}
 }
 
 func (r *raft) quorumActive() bool {
@@ -911,6 +1000,10 @@ func (r *raft) stepCandidate(m Message) error {
 	case MsgSnap:
 		r.becomeFollower(m.Term, m.From)
 		r.handleSnapshot(m)
+	case MsgDurable:
+		r.becomeFollower(m.Term, m.From)
+		r.leaderDurable = m.Index
+		r.maybeCommitDurable()
 	case myVoteResp:
 		r.trk.recordVote(m.From, !m.Reject)
 		_, _, res := r.trk.tally()
@@ -948,6 +1041,11 @@ func (r *raft) stepFollower(m Message) error {
 		r.electionElapsed = 0
 		r.lead = m.From
 		r.handleSnapshot(m)
+	case MsgDurable:
+		r.electionElapsed = 0
+		r.lead = m.From
+		r.leaderDurable = max(r.leaderDurable, m.Index)
+		r.maybeCommitDurable()
 	case MsgTransferLeader:
 		if r.lead == None {
 			return &NotLeaderError{Leader: None}
@@ -1088,8 +1186,8 @@ func (r *raft) applyConfChange(cc ConfChange) {
 	if r.leadTransferee == id && cc.Type == ConfChangeRemove {
 		r.abortLeaderTransfer()
 	}
-	if r.trk.progress[r.id] != nil && r.maybeCommit() {
-		r.bcastAppend()
+	if prev := r.log.committed; r.trk.progress[r.id] != nil && r.maybeCommit() {
+		r.commitAdvanced(prev)
 	}
 }
 

@@ -359,8 +359,10 @@ func (rn *RawNode) ackWrite(a WriteAck) {
 	if r.asyncWrites {
 		r.selfVoteDurable(a.HardState)
 	}
-	// Now that our own entries are durable the leader counts itself.
+	// Now that our own entries are durable the leader counts itself, and
+	// a follower told how far the leader's log is durable may commit.
 	r.leaderSelfDurable()
+	r.maybeCommitDurable()
 }
 
 // ConfState returns the membership as of the last applied entry; a

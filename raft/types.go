@@ -177,6 +177,12 @@ const (
 	MsgCheckQuorum
 	// MsgBeat is local: the leader sends heartbeats now.
 	MsgBeat
+	// MsgDurable tells a follower that the leader's log is durable up to
+	// Index, where the two of them make a quorum: the follower may then
+	// commit, on its own, the entries of this term that it also holds
+	// durably, without waiting for the round trip of its acknowledgement
+	// and the leader's commit index (see Config.BroadcastCommit).
+	MsgDurable
 	msgTypeCount
 )
 
@@ -188,6 +194,7 @@ var msgNames = [...]string{
 	MsgReadIndexResp: "MsgReadIndexResp", MsgTransferLeader: "MsgTransferLeader",
 	MsgTimeoutNow: "MsgTimeoutNow", MsgSnapStatus: "MsgSnapStatus",
 	MsgUnreachable: "MsgUnreachable", MsgCheckQuorum: "MsgCheckQuorum", MsgBeat: "MsgBeat",
+	MsgDurable: "MsgDurable",
 }
 
 func (t MessageType) String() string {
@@ -225,7 +232,9 @@ type Message struct {
 	Term uint64
 	// LogTerm and Index: for MsgApp the entry preceding Entries; for
 	// MsgVote/MsgPreVote the candidate's last entry; for a rejecting
-	// MsgAppResp the follower's hint (see RejectHint).
+	// MsgAppResp the follower's hint (see RejectHint). Index alone: the
+	// acknowledged index (MsgAppResp), the read index (MsgReadIndexResp),
+	// the leader's durable index (MsgDurable).
 	LogTerm uint64
 	Index   uint64
 	Entries []Entry
@@ -254,6 +263,8 @@ func (m Message) String() string {
 		s += fmt.Sprintf(" last=%d/%d", m.Index, m.LogTerm)
 	case MsgVoteResp, MsgPreVoteResp:
 		s += fmt.Sprintf(" reject=%v", m.Reject)
+	case MsgDurable:
+		s += fmt.Sprintf(" durable=%d", m.Index)
 	case MsgSnap:
 		if m.Snapshot != nil {
 			s += fmt.Sprintf(" snap=%d/%d", m.Snapshot.Meta.Index, m.Snapshot.Meta.Term)

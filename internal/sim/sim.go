@@ -65,6 +65,10 @@ type Options struct {
 	// ElectionTickAdvance sets raft.Config.ElectionTickAdvance: started
 	// and restarted nodes campaign (pre-vote) within one election timeout.
 	ElectionTickAdvance bool
+	// BroadcastCommit sets raft.Config.BroadcastCommit. Without it
+	// followers learn commit indexes lazily, and a follower that forwarded
+	// a proposal may commit it on its own (MsgDurable).
+	BroadcastCommit bool
 
 	// Log, if set, receives a line per event (for replaying a seed).
 	Log io.Writer
@@ -93,6 +97,8 @@ func Default(seed uint64) Options {
 		AsyncWrites: seed%4 != 0,
 		// Every other seed: restarted nodes campaign early.
 		ElectionTickAdvance: seed%2 == 1,
+		// One seed in three: every commit index goes to every follower.
+		BroadcastCommit: seed%3 == 0,
 	}
 }
 
@@ -194,6 +200,7 @@ type Sim struct {
 	maxCommit  uint64
 	stateHash  map[uint64]uint64 // applied index -> state hash
 	proposals  []proposal
+	forwarded  []proposal // index and term unknown: acknowledged when their node applies them
 	reads      map[string]*pendingRead
 	readSeq    int
 	maxAcked   uint64
@@ -304,6 +311,7 @@ func (s *Sim) newNode(id uint64, storage disk) (*simNode, error) {
 		CheckQuorum:         s.opts.CheckQuorum,
 		AsyncStorageWrites:  s.opts.AsyncWrites,
 		ElectionTickAdvance: s.opts.ElectionTickAdvance,
+		BroadcastCommit:     s.opts.BroadcastCommit,
 		Rand:                rand.New(rand.NewPCG(s.opts.Seed, id)),
 		Logger:              slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}
@@ -690,16 +698,20 @@ func (s *Sim) apply(n *simNode, ents []raft.Entry) {
 		if e.Type == raft.EntryConfChange {
 			s.onConfChangeApplied(n, e)
 		}
+		for i, p := range s.forwarded {
+			if p.node == n.id && string(e.Data) == p.key+"="+p.value {
+				s.ack(p, e.Index)
+				s.forwarded = slices.Delete(s.forwarded, i, i+1)
+				break
+			}
+		}
 		for i := 0; i < len(s.proposals); i++ {
 			p := s.proposals[i]
 			if p.node != n.id || p.index != e.Index {
 				continue
 			}
 			if p.term == e.Term {
-				s.result.Acked++
-				s.maxAcked = max(s.maxAcked, e.Index)
-				s.ackedVals[p.key] = append(s.ackedVals[p.key], ackedWrite{index: e.Index, value: p.value})
-				s.logf("ack %s=%s at %d", p.key, p.value, e.Index)
+				s.ack(p, e.Index)
 			} else {
 				s.logf("proposal %s=%s at %d/%d lost to term %d", p.key, p.value, p.index, p.term, e.Term)
 			}
@@ -960,6 +972,16 @@ func (s *Sim) propose(target uint64, key, value string, hops int) {
 	}
 	idx, term, err := n.rn.Propose([]byte(key + "=" + value))
 	var nle *raft.NotLeaderError
+	if errors.As(err, &nle) && nle.Leader != raft.None && s.rng.IntN(2) == 0 {
+		// As a server does: the follower forwards it, and the client is
+		// answered once this follower applies it.
+		if n.rn.Forward([]byte(key+"="+value)) == nil {
+			s.forwarded = append(s.forwarded, proposal{node: target, key: key, value: value})
+			s.logf("forward %s=%s via %d", key, value, target)
+		}
+		s.handleReady(n)
+		return
+	}
 	if errors.As(err, &nle) && nle.Leader != raft.None && hops > 0 {
 		s.propose(nle.Leader, key, value, hops-1)
 		return
@@ -969,6 +991,14 @@ func (s *Sim) propose(target uint64, key, value string, hops int) {
 		s.logf("propose %s=%s at %d/%d via %d", key, value, idx, term, target)
 	}
 	s.handleReady(n)
+}
+
+// ack records that a client was told its write p succeeded, at index.
+func (s *Sim) ack(p proposal, index uint64) {
+	s.result.Acked++
+	s.maxAcked = max(s.maxAcked, index)
+	s.ackedVals[p.key] = append(s.ackedVals[p.key], ackedWrite{index: index, value: p.value})
+	s.logf("ack %s=%s at %d", p.key, p.value, index)
 }
 
 func (s *Sim) onReadState(n *simNode, rs raft.ReadState) {
