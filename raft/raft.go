@@ -328,11 +328,25 @@ func (r *raft) flushBcast() {
 	if r.state != StateLeader {
 		return
 	}
-	for _, id := range r.trk.members() {
+	// Followers that wait for this append (they forwarded the proposal,
+	// or need the commit index for a read) first: the driver's transport
+	// starts writing the first messages of a Ready first.
+	members := r.trk.members()
+	rest := members[:0]
+	for _, id := range members {
 		if id == r.id {
 			continue
 		}
-		if all || r.trk.progress[id].wantsCommit(r.log.committed) {
+		pr := r.trk.progress[id]
+		switch {
+		case pr.CommitWanted <= pr.CommitSent:
+			rest = append(rest, id) // in place: members is our copy
+		case all || pr.wantsCommit(r.log.committed):
+			r.maybeSendAppend(id, true)
+		}
+	}
+	if all {
+		for _, id := range rest {
 			r.maybeSendAppend(id, true)
 		}
 	}

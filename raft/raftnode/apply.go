@@ -37,7 +37,7 @@ type applier struct {
 	stopped bool
 
 	wake     chan struct{} // cap 1: jobs, or stop
-	appliedc chan struct{} // cap 1: applied index advanced, or err set
+	appliedc chan struct{} // cap 1: applied index advanced while reads wait, or err set
 	done     chan struct{}
 
 	// Owned by the applier goroutine.
@@ -131,9 +131,12 @@ func (a *applier) run() {
 			// Let the request handlers this batch woke send their
 			// responses before the loop, which only serves reads with
 			// the new applied index, takes this P (the goroutine woken
-			// last runs first).
+			// last runs first); and wake the loop only if it holds
+			// reads (see Node.completeReads).
 			runtime.Gosched()
-			signal(a.appliedc)
+			if n.readsWaiting.Load() {
+				signal(a.appliedc)
+			}
 		}
 	}
 }

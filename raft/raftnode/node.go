@@ -156,6 +156,10 @@ type Node struct {
 	appliedBytes int64
 	snapBytes    atomic.Int64
 	applied      atomic.Uint64
+	// readsWaiting is set while the loop holds reads that wait for the
+	// applied index: only then does the applier wake the loop after a
+	// batch (see completeReads for the ordering that makes this safe).
+	readsWaiting atomic.Bool
 	// snapping is set while a background snapshot is being written;
 	// snapDone receives its outcome.
 	snapping bool
@@ -965,6 +969,14 @@ func (n *Node) onConfChange(e raft.Entry) {
 }
 
 func (n *Node) completeReads() {
+	if len(n.reads) == 0 {
+		n.readsWaiting.Store(false)
+		return
+	}
+	// Set before loading applied; the applier stores applied before
+	// loading this. Either we see its new applied index or it sees the
+	// flag and wakes us: a read cannot be left waiting for a signal.
+	n.readsWaiting.Store(true)
 	applied := n.applied.Load()
 	for ctx, rs := range n.reads {
 		keep := rs[:0]
