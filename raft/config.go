@@ -76,8 +76,9 @@ type Config struct {
 	// up to one heartbeat interval instead of one round trip. One client's
 	// write then costs two messages per follower (append, acknowledgement)
 	// instead of four. Where the leader and a follower make a quorum (up
-	// to three voters) the leader also tells a follower that waits, once
-	// its own write is durable, how far its log is durable (MsgDurable):
+	// to three voters) the leader also tells a follower that waits, and
+	// has no newer entries on their way to it, once its own write is
+	// durable, how far its log is durable (MsgDurable):
 	// that follower commits as soon as its own write is, a round trip
 	// sooner. Safety is unchanged: a follower commits only entries of the
 	// current term that are durable on a quorum, as the leader would.

@@ -383,6 +383,13 @@ func (r *raft) sendDurable() {
 		if id == r.id || pr == nil || pr.CommitWanted > durable || !pr.wantsCommit(durable) {
 			continue
 		}
+		if pr.Next-1 > durable {
+			// Newer entries are on their way to it: under load the
+			// commit index comes with the next appends soon enough, and
+			// a message of its own per fsync would cost more than it
+			// saves.
+			continue
+		}
 		r.send(Message{To: id, Type: MsgDurable, Index: durable})
 		pr.CommitSent = durable
 		r.durableSent = durable

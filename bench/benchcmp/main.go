@@ -1,6 +1,6 @@
 // Command benchcmp is the Go half of bench/compare.sh, which runs etcd's
 // benchmark tool against a 3-member etcd cluster and a 3-member Cairn
-// cluster. It has three subcommands:
+// cluster. It has four subcommands:
 //
 //	benchcmp report -dir RESULTS   parse RESULTS/raw/*.out, write the table
 //	                               (table.md, also printed), results.csv,
@@ -11,6 +11,10 @@
 //	benchcmp fsync -dir D [-parallel N] [-prealloc]
 //	                               measure 4 KiB append+fsync on D's disk,
 //	                               from N files at once
+//	benchcmp timeline [-from S] [-dur S] name=file.trace ...
+//	                               merge Go execution traces of several
+//	                               processes into one timeline
+//	                               (bench/trace-a.sh takes them)
 package main
 
 import (
@@ -41,6 +45,8 @@ func main() {
 		err = cmdProbe(os.Args[2:])
 	case "fsync":
 		err = cmdFsync(os.Args[2:])
+	case "timeline":
+		err = cmdTimeline(os.Args[2:])
 	default:
 		usage()
 	}
@@ -51,7 +57,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: benchcmp report -dir DIR | probe -endpoints A,B -since-ns N | fsync -dir DIR [-n N] [-parallel N] [-prealloc]")
+	fmt.Fprintln(os.Stderr, "usage: benchcmp report -dir DIR | probe -endpoints A,B -since-ns N | fsync -dir DIR [-n N] [-parallel N] [-prealloc] | timeline [-from S] [-dur S] name=file.trace ...")
 	os.Exit(2)
 }
 
