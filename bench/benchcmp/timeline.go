@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"errors"
 	"flag"
 	"fmt"
@@ -44,15 +45,7 @@ func cmdTimeline(args []string) error {
 		start = max(start, first)
 		all = append(all, evs...)
 	}
-	slices.SortStableFunc(all, func(a, b timelineEvent) int {
-		switch {
-		case a.mono < b.mono:
-			return -1
-		case a.mono > b.mono:
-			return 1
-		}
-		return 0
-	})
+	slices.SortStableFunc(all, func(a, b timelineEvent) int { return cmp.Compare(a.mono, b.mono) })
 	lo := start + uint64(*from*1e9)
 	hi := lo + uint64(*dur*1e9)
 	w := bufio.NewWriter(os.Stdout)
