@@ -418,9 +418,15 @@ func (r *raft) bcastHeartbeatWithCtx(ctx []byte) {
 	}
 }
 
-// maybeCommit advances the commit index to what a quorum has matched.
+// maybeCommit advances the commit index to what a quorum has matched,
+// and schedules telling the followers (commitAdvanced).
 func (r *raft) maybeCommit() bool {
-	return r.log.maybeCommit(r.trk.committed(), r.term)
+	prev := r.log.committed
+	if !r.log.maybeCommit(r.trk.committed(), r.term) {
+		return false
+	}
+	r.commitAdvanced(prev)
+	return true
 }
 
 func (r *raft) reset(term uint64) {
@@ -631,9 +637,8 @@ func (r *raft) leaderSelfDurable() {
 		return
 	}
 	if pr := r.trk.progress[r.id]; pr != nil && pr.maybeUpdate(r.log.lastStableIndex()) {
-		if prev := r.log.committed; r.maybeCommit() {
+		if r.maybeCommit() {
 			r.releasePendingReadIndexMessages()
-			r.commitAdvanced(prev)
 		}
 		r.sendDurable()
 	}
@@ -786,9 +791,8 @@ func (r *raft) stepLeader(m Message) error {
 		case pr.State == ProgressReplicate:
 			pr.inflights.freeLE(m.Index)
 		}
-		if prev := r.log.committed; r.maybeCommit() {
+		if r.maybeCommit() {
 			r.releasePendingReadIndexMessages()
-			r.commitAdvanced(prev)
 		} else if wasPaused {
 			r.maybeSendAppend(m.From, true)
 		}
@@ -1023,8 +1027,7 @@ func (r *raft) stepCandidate(m Message) error {
 		r.handleSnapshot(m)
 	case MsgDurable:
 		r.becomeFollower(m.Term, m.From)
-		r.leaderDurable = m.Index
-		r.maybeCommitDurable()
+		r.handleDurable(m)
 	case myVoteResp:
 		r.trk.recordVote(m.From, !m.Reject)
 		_, _, res := r.trk.tally()
@@ -1065,8 +1068,7 @@ func (r *raft) stepFollower(m Message) error {
 	case MsgDurable:
 		r.electionElapsed = 0
 		r.lead = m.From
-		r.leaderDurable = max(r.leaderDurable, m.Index)
-		r.maybeCommitDurable()
+		r.handleDurable(m)
 	case MsgTransferLeader:
 		if r.lead == None {
 			return &NotLeaderError{Leader: None}
@@ -1104,6 +1106,13 @@ func (r *raft) handleAppendEntries(m Message) {
 	hintIndex := min(m.Index, r.log.lastIndex())
 	hintIndex, hintTerm := r.log.findConflictByTerm(hintIndex, m.LogTerm)
 	r.send(Message{To: m.From, Type: MsgAppResp, Index: m.Index, Reject: true, RejectHint: hintIndex, LogTerm: hintTerm})
+}
+
+// handleDurable records how far the leader's log is durable and commits
+// what both hold durably (see maybeCommitDurable).
+func (r *raft) handleDurable(m Message) {
+	r.leaderDurable = max(r.leaderDurable, m.Index)
+	r.maybeCommitDurable()
 }
 
 func (r *raft) handleHeartbeat(m Message) {
@@ -1207,8 +1216,8 @@ func (r *raft) applyConfChange(cc ConfChange) {
 	if r.leadTransferee == id && cc.Type == ConfChangeRemove {
 		r.abortLeaderTransfer()
 	}
-	if prev := r.log.committed; r.trk.progress[r.id] != nil && r.maybeCommit() {
-		r.commitAdvanced(prev)
+	if r.trk.progress[r.id] != nil {
+		r.maybeCommit()
 	}
 }
 
