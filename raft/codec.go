@@ -37,6 +37,9 @@ func (e *encoder) ids(ids []uint64) {
 type decoder struct {
 	b   []byte
 	err error
+	// slab, when set, is where bytes copies what it decodes: one
+	// allocation for all of a message's entries instead of one each.
+	slab []byte
 }
 
 func (d *decoder) fail(what string) {
@@ -75,7 +78,12 @@ func (d *decoder) bytes() []byte {
 	if n == 0 {
 		return nil
 	}
-	p := make([]byte, n)
+	var p []byte
+	if n <= len(d.slab) {
+		p, d.slab = d.slab[:n:n], d.slab[n:]
+	} else {
+		p = make([]byte, n)
+	}
 	copy(p, d.b[:n])
 	d.b = d.b[n:]
 	return p
@@ -298,9 +306,17 @@ func UnmarshalMessage(b []byte) (Message, error) {
 	n := d.count("entry")
 	if d.err == nil && n > 0 {
 		m.Entries = make([]Entry, 0, min(n, len(d.b)/4+1))
+		if n > 1 {
+			// The entries' data share one buffer: they are appended to
+			// the log together and compacted together, so none keeps
+			// much of it alive alone. The rest of the message bounds
+			// their total size.
+			d.slab = make([]byte, len(d.b))
+		}
 		for i := 0; i < n && d.err == nil; i++ {
 			m.Entries = append(m.Entries, d.entry())
 		}
+		d.slab = nil
 	}
 	if flags&flagSnapshot != 0 {
 		s := &Snapshot{Meta: d.snapMeta()}

@@ -64,7 +64,14 @@ type marshaler interface {
 // set (protobuf messages in their own wire format). The encoding is
 // deterministic: equal commands encode to equal bytes.
 func (c *Command) Marshal() []byte {
-	b := make([]byte, 0, 1+3*binary.MaxVarintLen64+c.payloadSize())
+	return c.AppendMarshal(make([]byte, 0, c.MaxSize()))
+}
+
+// MaxSize bounds the length of the command's encoding.
+func (c *Command) MaxSize() int { return 1 + 3*binary.MaxVarintLen64 + c.payloadSize() }
+
+// AppendMarshal appends the command's encoding (Marshal) to b.
+func (c *Command) AppendMarshal(b []byte) []byte {
 	b = append(b, commandVersion)
 	b = binary.AppendUvarint(b, c.ClientID)
 	b = binary.AppendUvarint(b, c.Seq)

@@ -2,8 +2,16 @@ package server
 
 import (
 	"context"
+	"encoding/binary"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
+	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc/metadata"
 )
 
@@ -28,4 +36,70 @@ func BenchmarkSession(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkPutThreeMembers is workload b of bench/compare.sh in one
+// process: concurrent puts (8-byte keys, 256-byte values) spread over the
+// members of a three-member cluster, most of them forwarded by a
+// follower. It reports the process's CPU per put (servers and clients
+// together) besides allocations: comparing two builds this way is
+// steadier than comparing throughput on a shared host.
+func BenchmarkPutThreeMembers(b *testing.B) {
+	base := b.TempDir()
+	var cfgs []Config
+	var parts []string
+	for i := range 3 {
+		c := testConfig(b, filepath.Join(base, fmt.Sprint("m", i+1)))
+		c.Name = fmt.Sprint("m", i+1)
+		c.ClusterToken = "bench-put"
+		c.TickInterval = 100 * time.Millisecond
+		cfgs = append(cfgs, c)
+		parts = append(parts, c.Name+"="+c.ListenPeer)
+	}
+	var clients []pb.KVClient
+	for i := range cfgs {
+		cfgs[i].InitialCluster = strings.Join(parts, ",")
+		s := start(b, cfgs[i])
+		kv, _ := rawKV(b, s.ClientAddr())
+		clients = append(clients, kv)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, kv := range clients { // every member serving
+		for {
+			if _, err := kv.Put(ctx, &pb.PutRequest{Key: []byte("warm"), Value: []byte("x")}); err == nil {
+				break
+			} else if ctx.Err() != nil {
+				b.Fatal(err)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	value := make([]byte, 256)
+	var seq atomic.Uint64
+	b.SetParallelism(50) // 100 clients on two CPUs, as in workload b
+	b.ReportAllocs()
+	cpu0 := processCPU()
+	b.ResetTimer()
+	b.RunParallel(func(pb_ *testing.PB) {
+		for pb_.Next() {
+			n := seq.Add(1)
+			key := binary.BigEndian.AppendUint64(nil, n%100000)
+			if _, err := clients[n%3].Put(ctx, &pb.PutRequest{Key: key, Value: value}); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.StopTimer()
+	b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(b.N), "cpu-us/op")
+}
+
+// processCPU is the user and system CPU this process has used.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

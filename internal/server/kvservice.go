@@ -144,11 +144,14 @@ func (g *group) writeServed(ctx context.Context, cmd *kv.Command) (*kv.Result, [
 	}
 	cmd.ClientID, cmd.Seq = clientID, seq
 	cmd.Time = time.Now().UnixNano()
-	payload := cmd.Marshal()
+	var out any
 	if g.wrapKV != nil {
-		payload = g.wrapKV(payload)
+		out, err = g.propose(ctx, kindKV, g.wrapKV(cmd.Marshal()))
+	} else {
+		// Encoded once, with room for the envelope in front.
+		buf := make([]byte, envelopeRoom, envelopeRoom+cmd.MaxSize())
+		out, err = g.proposeInPlace(ctx, kindKV, cmd.AppendMarshal(buf))
 	}
-	out, err := g.propose(ctx, kindKV, payload)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -180,17 +183,51 @@ func (g *group) writeServed(ctx context.Context, cmd *kv.Command) (*kv.Result, [
 // maps failures to the errors etcd's clients understand: Unavailable
 // errors (no leader, timeout, stopping) are retried by them.
 func (g *group) propose(ctx context.Context, kind byte, payload []byte) (any, error) {
+	buf := make([]byte, envelopeRoom, envelopeRoom+len(payload))
+	return g.proposeInPlace(ctx, kind, append(buf, payload...))
+}
+
+// proposeInPlace is propose for a payload that starts envelopeRoom bytes
+// into buf; the envelope is written into that room.
+func (g *group) proposeInPlace(ctx context.Context, kind byte, buf []byte) (any, error) {
 	id := g.reqIDs.Add(1)
 	ch := g.sm.register(id)
 	defer g.sm.unregister(id)
-	ctx, cancel := context.WithTimeout(ctx, g.s.cfg.RequestTimeout)
-	defer cancel()
+	// A timer rather than context.WithTimeout: a derived context costs
+	// allocations and a registration with the parent on every write, and
+	// only the wait below needs the deadline.
+	deadline := time.Now().Add(g.s.cfg.RequestTimeout)
+	timer := time.NewTimer(g.s.cfg.RequestTimeout)
+	defer timer.Stop()
 	g.s.metrics.proposals.Inc()
-	data := envelope{kind: kind, origin: g.id, reqID: id, payload: payload}.marshal()
+	data := envelope{kind: kind, origin: g.id, reqID: id}.wrapInPlace(buf)
+	handed := func(err error) {
+		if err != nil {
+			g.sm.fail(id, err)
+		}
+	}
 	for {
-		err := g.node.Submit(ctx, data)
-		if err == nil {
-			break
+		// The loop tells handed only of a failure to hand the entry
+		// on; success shows as the entry's result on ch.
+		if err := g.node.SubmitAsync(ctx, data, handed); err != nil {
+			g.s.metrics.proposalsFailed.Inc()
+			return nil, g.mapError(ctx, err)
+		}
+		var res any
+		select {
+		case res = <-ch:
+		case <-timer.C:
+			g.s.metrics.proposalsFailed.Inc()
+			return nil, rpctypes.ErrGRPCTimeout
+		case <-ctx.Done():
+			g.s.metrics.proposalsFailed.Inc()
+			return nil, g.mapError(ctx, ctx.Err())
+		case <-g.node.Done():
+			return nil, g.errStopped()
+		}
+		failed, ok := res.(submitFailed)
+		if !ok {
+			return res, nil
 		}
 		// With no leader known (an election in progress, or a member that
 		// has just started) nothing was submitted: wait for a leader
@@ -198,26 +235,27 @@ func (g *group) propose(ctx context.Context, kind byte, payload []byte) (any, er
 		// would succeed a moment later. etcd's clients do not retry a
 		// write on "no leader" themselves.
 		var nle *raft.NotLeaderError
-		if errors.As(err, &nle) {
-			if _, werr := g.node.WaitLeader(ctx); werr == nil {
-				select {
-				case <-time.After(5 * time.Millisecond):
-					continue
-				case <-ctx.Done():
-				}
-			}
+		if errors.As(failed.err, &nle) && g.waitLeader(ctx, deadline) {
+			continue
 		}
 		g.s.metrics.proposalsFailed.Inc()
-		return nil, g.mapError(ctx, err)
+		return nil, g.mapError(ctx, failed.err)
+	}
+}
+
+// waitLeader waits, until deadline, for a leader to be known, and then a
+// moment more for it to take proposals. It reports whether to retry.
+func (g *group) waitLeader(ctx context.Context, deadline time.Time) bool {
+	wctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	if _, err := g.node.WaitLeader(wctx); err != nil {
+		return false
 	}
 	select {
-	case res := <-ch:
-		return res, nil
-	case <-ctx.Done():
-		g.s.metrics.proposalsFailed.Inc()
-		return nil, g.mapError(ctx, ctx.Err())
-	case <-g.node.Done():
-		return nil, g.errStopped()
+	case <-time.After(5 * time.Millisecond):
+		return true
+	case <-wctx.Done():
+		return false
 	}
 }
 

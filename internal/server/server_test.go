@@ -58,7 +58,7 @@ func (l *testLog) String() string {
 	return l.buf.String()
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -70,7 +70,7 @@ func freeAddr(t *testing.T) string {
 
 // testConfig returns the config of a one-member cluster in dir with fast
 // ticks and fresh ports.
-func testConfig(t *testing.T, dir string) Config {
+func testConfig(t testing.TB, dir string) Config {
 	t.Helper()
 	cfg := Defaults()
 	cfg.Name = "m1"
@@ -101,7 +101,7 @@ func restartConfig(t *testing.T, cfg Config) Config {
 	return cfg
 }
 
-func start(t *testing.T, cfg Config) *Server {
+func start(t testing.TB, cfg Config) *Server {
 	t.Helper()
 	s, err := Start(cfg)
 	if err != nil {
@@ -127,7 +127,7 @@ func etcdClient(t *testing.T, addrs ...string) *clientv3.Client {
 
 // rawKV is a plain gRPC KV client: it sends requests exactly as built,
 // without clientv3's own checks.
-func rawKV(t *testing.T, addr string) (pb.KVClient, *grpc.ClientConn) {
+func rawKV(t testing.TB, addr string) (pb.KVClient, *grpc.ClientConn) {
 	t.Helper()
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(64<<20)))

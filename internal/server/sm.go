@@ -9,6 +9,7 @@ import (
 	"io"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cairn-db/cairn/internal/kv"
 	"github.com/cairn-db/cairn/raft"
@@ -30,12 +31,28 @@ type envelope struct {
 	payload []byte
 }
 
+// envelopeRoom is the most bytes an envelope's header takes. A payload
+// built with that much room in front of it is wrapped in place
+// (wrapInPlace) instead of copied.
+const envelopeRoom = 1 + 2*binary.MaxVarintLen64
+
 func (e envelope) marshal() []byte {
-	b := make([]byte, 0, 1+2*binary.MaxVarintLen64+len(e.payload))
-	b = append(b, e.kind)
-	b = binary.AppendUvarint(b, e.origin)
-	b = binary.AppendUvarint(b, e.reqID)
-	return append(b, e.payload...)
+	b := make([]byte, envelopeRoom, envelopeRoom+len(e.payload))
+	return e.wrapInPlace(append(b, e.payload...))
+}
+
+// wrapInPlace returns the envelope's encoding for a buf that holds
+// envelopeRoom free bytes followed by the payload (e.payload is
+// ignored): the header is written just before the payload, so the
+// result is a suffix of buf.
+func (e envelope) wrapInPlace(buf []byte) []byte {
+	var hdr [envelopeRoom]byte
+	h := append(hdr[:0], e.kind)
+	h = binary.AppendUvarint(h, e.origin)
+	h = binary.AppendUvarint(h, e.reqID)
+	out := buf[envelopeRoom-len(h):]
+	copy(out, h)
+	return out
 }
 
 var errBadEnvelope = errors.New("server: undecodable log entry")
@@ -74,16 +91,18 @@ type confContext struct {
 
 // stateMachine is the server's replicated state: the key/value store and
 // the member table. It implements raftnode.StateMachine. Apply runs on the
-// Raft goroutine; the waiter table and member table are shared with the
-// gRPC handlers under mu.
+// Raft goroutine; the member table is shared with the gRPC handlers under
+// mu, the waiter table under waitMu (every write registers and
+// unregisters, so it gets a lock of its own).
 type stateMachine struct {
 	self uint64
 	app  application
 
 	mu      sync.Mutex
 	members map[uint64]*MemberInfo
+	waitMu  sync.Mutex
 	waiters map[uint64]chan any
-	applied uint64
+	applied atomic.Uint64
 	// onMembers is called (outside mu) after the member table changes.
 	onMembers func(map[uint64]MemberInfo)
 }
@@ -130,23 +149,42 @@ func newStateMachine(self uint64, app application, initial []Member) *stateMachi
 // register returns the channel on which the result of request id arrives.
 func (sm *stateMachine) register(id uint64) chan any {
 	ch := make(chan any, 1)
-	sm.mu.Lock()
+	sm.waitMu.Lock()
 	sm.waiters[id] = ch
-	sm.mu.Unlock()
+	sm.waitMu.Unlock()
 	return ch
 }
 
 func (sm *stateMachine) unregister(id uint64) {
-	sm.mu.Lock()
+	sm.waitMu.Lock()
 	delete(sm.waiters, id)
-	sm.mu.Unlock()
+	sm.waitMu.Unlock()
+}
+
+// submitFailed is what a waiter receives when its entry was never handed
+// to Raft (no leader known): nothing will be applied for it.
+type submitFailed struct{ err error }
+
+// fail tells the waiter for id that its entry was not submitted. The
+// waiter stays registered: it may submit again under the same id.
+func (sm *stateMachine) fail(id uint64, err error) {
+	sm.waitMu.Lock()
+	ch := sm.waiters[id]
+	sm.waitMu.Unlock()
+	if ch == nil {
+		return
+	}
+	select {
+	case ch <- submitFailed{err}:
+	default: // a result is already there (cannot happen: nothing was submitted)
+	}
 }
 
 func (sm *stateMachine) notify(id uint64, res any) {
-	sm.mu.Lock()
+	sm.waitMu.Lock()
 	ch := sm.waiters[id]
 	delete(sm.waiters, id)
-	sm.mu.Unlock()
+	sm.waitMu.Unlock()
 	if ch != nil {
 		ch <- res
 	}
@@ -154,11 +192,7 @@ func (sm *stateMachine) notify(id uint64, res any) {
 
 // Apply implements raftnode.StateMachine.
 func (sm *stateMachine) Apply(e raft.Entry) any {
-	defer func() {
-		sm.mu.Lock()
-		sm.applied = e.Index
-		sm.mu.Unlock()
-	}()
+	defer sm.applied.Store(e.Index)
 	switch {
 	case e.Type == raft.EntryConfChange:
 		sm.applyConfChange(e)
@@ -251,11 +285,7 @@ func (sm *stateMachine) memberTable() map[uint64]MemberInfo {
 	return out
 }
 
-func (sm *stateMachine) appliedIndex() uint64 {
-	sm.mu.Lock()
-	defer sm.mu.Unlock()
-	return sm.applied
-}
+func (sm *stateMachine) appliedIndex() uint64 { return sm.applied.Load() }
 
 const smSnapshotMagic = "CAIRNSM1"
 
@@ -338,7 +368,7 @@ func (sm *stateMachine) Restore(r io.Reader) error {
 		m := members[i]
 		sm.members[m.ID] = &m
 	}
-	sm.applied = sm.app.AppliedIndex()
+	sm.applied.Store(sm.app.AppliedIndex())
 	sm.mu.Unlock()
 	sm.membersChanged()
 	return nil

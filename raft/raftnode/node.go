@@ -189,7 +189,8 @@ type Node struct {
 
 type proposalReq struct {
 	data    []byte
-	forward bool // Submit: forward to the leader, do not wait
+	forward bool        // Submit: forward to the leader, do not wait
+	handed  func(error) // with forward: told the outcome of Forward
 	cc      *raft.ConfChange
 	index   uint64
 	term    uint64
@@ -349,18 +350,31 @@ func (n *Node) Propose(ctx context.Context, data []byte) (uint64, any, error) {
 // forwarded proposal can be lost in a leader change. It returns a
 // *raft.NotLeaderError when no leader is known.
 func (n *Node) Submit(ctx context.Context, data []byte) error {
-	p := &proposalReq{data: data, forward: true, done: make(chan proposalResult, 1)}
-	if err := n.enqueueProposal(ctx, p); err != nil {
+	done := make(chan error, 1)
+	if err := n.SubmitAsync(ctx, data, func(err error) { done <- err }); err != nil {
 		return err
 	}
 	select {
-	case r := <-p.done:
-		return r.err
+	case err := <-done:
+		return err
 	case <-ctx.Done():
 		return fmt.Errorf("%w: %w", ErrOutcomeUnknown, ctx.Err())
 	case <-n.donec:
 		return fmt.Errorf("%w: %w", ErrOutcomeUnknown, n.stoppedErr())
 	}
+}
+
+// SubmitAsync is Submit without waiting for the Raft loop to take the
+// proposal: it returns once data is queued (waiting only while the queue
+// is full, until ctx ends), and the loop later calls handed with the
+// outcome of handing it on: nil, or the error Submit would have returned
+// (a *raft.NotLeaderError when no leader is known). handed runs on the
+// loop's goroutine and must not block; if the node stops first it is
+// not called at all (watch Done). A caller that waits for its
+// entry anyway (by an ID inside data) saves a wake-up of its goroutine
+// per proposal.
+func (n *Node) SubmitAsync(ctx context.Context, data []byte, handed func(error)) error {
+	return n.enqueueProposal(ctx, &proposalReq{data: data, forward: true, handed: handed})
 }
 
 // ProposeConfChange proposes a membership change and waits until it is
@@ -698,7 +712,7 @@ func (n *Node) handlePropose(p *proposalReq) {
 	var idx, term uint64
 	var err error
 	if p.forward {
-		p.done <- proposalResult{err: n.rn.Forward(p.data)}
+		p.handed(n.rn.Forward(p.data))
 		return
 	}
 	if p.cc != nil {

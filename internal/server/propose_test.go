@@ -1,0 +1,64 @@
+package server
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/grpc/codes"
+)
+
+// TestWriteWaitsForLeader checks the two outcomes of a write sent while no
+// leader is known: it fails with etcd's "no leader" once its time is up,
+// and it succeeds, without the client retrying, when a leader appears
+// within that time.
+func TestWriteWaitsForLeader(t *testing.T) {
+	base := t.TempDir()
+	var cfgs []Config
+	var parts []string
+	for i := range 3 {
+		c := testConfig(t, filepath.Join(base, fmt.Sprint("m", i+1)))
+		c.Name = fmt.Sprint("m", i+1)
+		c.ClusterToken = "wait-leader"
+		c.RequestTimeout = 400 * time.Millisecond
+		cfgs = append(cfgs, c)
+		parts = append(parts, c.Name+"="+c.ListenPeer)
+	}
+	for i := range cfgs {
+		cfgs[i].InitialCluster = strings.Join(parts, ",")
+	}
+	// One member of three: no quorum, so no leader.
+	s1 := start(t, cfgs[0])
+	kv, _ := rawKV(t, s1.ClientAddr())
+	_, err := kv.Put(ctxT(t, 10*time.Second), &pb.PutRequest{Key: []byte("k"), Value: []byte("v1")})
+	wantCode(t, "put without a leader", err, codes.Unavailable, "no leader")
+
+	// A write waiting for a leader succeeds once a second member makes a
+	// quorum.
+	cfgs[0].RequestTimeout = 20 * time.Second
+	s1.Stop()
+	s1 = start(t, restartConfig(t, cfgs[0]))
+	kv, _ = rawKV(t, s1.ClientAddr())
+	done := make(chan error, 1)
+	go func() {
+		_, err := kv.Put(ctxT(t, 30*time.Second), &pb.PutRequest{Key: []byte("k"), Value: []byte("v2")})
+		done <- err
+	}()
+	// The put must be waiting, not failed, before the quorum exists.
+	select {
+	case err := <-done:
+		t.Fatalf("put returned before any leader could exist: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	start(t, cfgs[1])
+	if err := <-done; err != nil {
+		t.Fatalf("put waiting for a leader: %v", err)
+	}
+	resp, err := kv.Range(ctxT(t, 10*time.Second), &pb.RangeRequest{Key: []byte("k")})
+	if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "v2" {
+		t.Fatalf("range after the put: %v %v", resp, err)
+	}
+}
