@@ -8,7 +8,7 @@
 //	benchcmp probe -endpoints E -since-ns T
 //	                               wait until a linearizable read succeeds,
 //	                               print seconds since T (restart time)
-//	benchcmp fsync -dir D [-parallel N] [-prealloc]
+//	benchcmp fsync -dir D [-parallel N] [-prealloc] [-datasync]
 //	                               measure 4 KiB append+fsync on D's disk,
 //	                               from N files at once
 //	benchcmp timeline [-from S] [-dur S] name=file.trace ...
@@ -57,7 +57,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: benchcmp report -dir DIR | probe -endpoints A,B -since-ns N | fsync -dir DIR [-n N] [-parallel N] [-prealloc] | timeline [-from S] [-dur S] name=file.trace ...")
+	fmt.Fprintln(os.Stderr, "usage: benchcmp report -dir DIR | probe -endpoints A,B -since-ns N | fsync -dir DIR [-n N] [-parallel N] [-prealloc] [-datasync] | timeline [-from S] [-dur S] name=file.trace ...")
 	os.Exit(2)
 }
 
@@ -138,6 +138,7 @@ func cmdFsync(args []string) error {
 	n := fs.Int("n", 500, "appends per file")
 	parallel := fs.Int("parallel", 1, "files appended to and fsynced at once, one goroutine each (3 = a 3-member cluster on one disk)")
 	prealloc := fs.Bool("prealloc", false, "append into a file zero-filled beforehand, as the WAL's preallocated segments are")
+	datasync := fs.Bool("datasync", false, "sync with fdatasync, as the WAL does on Linux, instead of fsync")
 	_ = fs.Parse(args)
 	if *n < 1 || *parallel < 1 || fs.NArg() > 0 {
 		usage()
@@ -151,7 +152,7 @@ func cmdFsync(args []string) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			own, err := appendFsync(*dir, *n, *prealloc, start)
+			own, err := appendFsync(*dir, *n, *prealloc, *datasync, start)
 			mu.Lock()
 			d = append(d, own...)
 			mu.Unlock()
@@ -165,6 +166,9 @@ func cmdFsync(args []string) error {
 	}
 	slices.Sort(d)
 	what := "4KiB append+fsync"
+	if *datasync {
+		what = "4KiB append+fdatasync"
+	}
 	if *prealloc {
 		what += " (preallocated)"
 	}
@@ -177,8 +181,13 @@ func cmdFsync(args []string) error {
 }
 
 // appendFsync appends n 4 KiB blocks to a new file in dir, each followed by
-// an fsync, once start is closed, and returns each one's microseconds.
-func appendFsync(dir string, n int, prealloc bool, start <-chan struct{}) ([]float64, error) {
+// an fsync (or fdatasync), once start is closed, and returns each one's
+// microseconds.
+func appendFsync(dir string, n int, prealloc, datasync bool, start <-chan struct{}) ([]float64, error) {
+	sync := (*os.File).Sync
+	if datasync {
+		sync = fdatasync
+	}
 	f, err := os.CreateTemp(dir, "fsync-*.tmp")
 	if err != nil {
 		return nil, err
@@ -206,7 +215,7 @@ func appendFsync(dir string, n int, prealloc bool, start <-chan struct{}) ([]flo
 		if _, err := f.Write(buf); err != nil {
 			return nil, err
 		}
-		if err := f.Sync(); err != nil {
+		if err := sync(f); err != nil {
 			return nil, err
 		}
 		d = append(d, float64(time.Since(t).Microseconds()))

@@ -68,14 +68,28 @@ type OSFS struct{}
 
 var _ OverwriteFS = OSFS{}
 
+// osFile is a File of the operating system whose Sync is datasync.
+type osFile struct{ *os.File }
+
+// Sync implements File with fdatasync where there is one (datasync).
+func (f osFile) Sync() error { return datasync(f.File) }
+
+func openOSFile(name string, flag int, perm os.FileMode) (File, error) {
+	f, err := os.OpenFile(name, flag, perm)
+	if err != nil {
+		return nil, err
+	}
+	return osFile{f}, nil
+}
+
 // Create implements FS.
 func (OSFS) Create(name string) (File, error) {
-	return os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	return openOSFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 }
 
 // OpenAppend implements FS.
 func (OSFS) OpenAppend(name string) (File, error) {
-	return os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	return openOSFile(name, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 }
 
 // OpenWriteAt implements OverwriteFS.
@@ -88,7 +102,7 @@ func (OSFS) OpenWriteAt(name string, off int64) (File, error) {
 		f.Close()
 		return nil, err
 	}
-	return f, nil
+	return osFile{f}, nil
 }
 
 // Open implements FS.
