@@ -346,6 +346,7 @@ main() {
 		# Three members on one disk fsync at the same moments: what each
 		# of their WAL appends costs then (see docs/performance.md).
 		echo "fsync_3=$("$BENCHCMP" fsync -dir "$DATA" -n 300 -prealloc -parallel 3)"
+		echo "fdatasync_3=$("$BENCHCMP" fsync -dir "$DATA" -n 300 -prealloc -parallel 3 -datasync)"
 		echo "load_before=$(load_avg)"
 	} >"$OUT/env.txt"
 	workloads >"$OUT/workloads.tsv"
