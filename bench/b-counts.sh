@@ -30,29 +30,20 @@ while (($#)); do
 	esac
 	shift
 done
-BENCH=$(ls "$CACHE"/bin/etcd-benchmark-* 2>/dev/null | head -1)
-[[ -x $BENCH ]] || { echo "b-counts.sh: no benchmark tool in $CACHE/bin: run bench/compare.sh --quick first" >&2; exit 1; }
-command -v etcdctl >/dev/null || { echo "b-counts.sh: needs etcdctl (apt-get install etcd-client)" >&2; exit 1; }
-command -v curl >/dev/null || { echo "b-counts.sh: needs curl (apt-get install curl)" >&2; exit 1; }
+NAME=b-counts.sh
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+need_tools
 DATA=$(mktemp -d)
+PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$DATA"' EXIT
 if [[ -z $BIN ]]; then
 	BIN=$DATA/cairn
 	(cd "$ROOT" && go build -o "$BIN" ./cmd/cairn)
 fi
 
-PP=(24380 24390 24400) CP=(24379 24389 24399) MP=(24381 24391 24401) PIDS=()
-for i in 0 1 2; do
-	"$BIN" server --name "m$i" --data-dir "$DATA/m$i" --listen-client "127.0.0.1:${CP[i]}" --listen-peer "127.0.0.1:${PP[i]}" --listen-metrics "127.0.0.1:${MP[i]}" \
-		--initial-cluster "m0=127.0.0.1:${PP[0]},m1=127.0.0.1:${PP[1]},m2=127.0.0.1:${PP[2]}" \
-		--tick-interval 100ms --election-ticks 10 --log-level warn >"$DATA/m$i.log" 2>&1 &
-	PIDS+=($!)
-done
-EPS=127.0.0.1:${CP[0]},127.0.0.1:${CP[1]},127.0.0.1:${CP[2]}
-for ((t = 0; t < 150; t++)); do
-	ETCDCTL_API=3 etcdctl --endpoints "$EPS" --command-timeout 2s put b-counts-warmup x >/dev/null 2>&1 && break
-	sleep 0.2
-done
+MP=(24381 24391 24401)
+start_cairn "$BIN" "$DATA" 24379
 counts() { # reads writes cpu-ticks peer-messages wal-saves, one line per member
 	local i p
 	for i in 0 1 2; do

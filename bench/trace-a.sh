@@ -35,10 +35,10 @@ while (($#)); do
 	shift
 done
 case $ENDPOINT in leader | follower | all) ;; *) echo "trace-a.sh: --endpoint must be leader, follower or all" >&2; exit 2 ;; esac
-BENCH=$(ls "$CACHE"/bin/etcd-benchmark-* 2>/dev/null | head -1)
-[[ -x $BENCH ]] || { echo "trace-a.sh: no benchmark tool in $CACHE/bin: run bench/compare.sh --quick first" >&2; exit 1; }
-command -v etcdctl >/dev/null || { echo "trace-a.sh: needs etcdctl (apt-get install etcd-client)" >&2; exit 1; }
-command -v curl >/dev/null || { echo "trace-a.sh: needs curl (apt-get install curl)" >&2; exit 1; }
+NAME=trace-a.sh
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+need_tools
 DATA=$(mktemp -d)
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
@@ -50,19 +50,8 @@ if [[ -z $BIN ]]; then
 	(cd "$ROOT" && go build -o "$BIN" ./cmd/cairn)
 fi
 
-PP=(24380 24390 24400) CP=(24379 24389 24399) MP=(24381 24391 24401)
-for i in 0 1 2; do
-	"$BIN" server --name "m$i" --data-dir "$DATA/m$i" --listen-client "127.0.0.1:${CP[i]}" --listen-peer "127.0.0.1:${PP[i]}" \
-		--listen-metrics "127.0.0.1:${MP[i]}" --enable-pprof \
-		--initial-cluster "m0=127.0.0.1:${PP[0]},m1=127.0.0.1:${PP[1]},m2=127.0.0.1:${PP[2]}" \
-		--tick-interval 100ms --election-ticks 10 --log-level warn >"$DATA/m$i.log" 2>&1 &
-	PIDS+=($!)
-done
-EPS=127.0.0.1:${CP[0]},127.0.0.1:${CP[1]},127.0.0.1:${CP[2]}
-for ((t = 0; t < 150; t++)); do
-	ETCDCTL_API=3 etcdctl --endpoints "$EPS" --command-timeout 2s put trace-a-warmup x >/dev/null 2>&1 && break
-	sleep 0.2
-done
+CP=(24379 24389 24399) MP=(24381 24391 24401)
+start_cairn "$BIN" "$DATA" 24379 --enable-pprof
 # The leader is the member whose status says so (IS LEADER column).
 L=$(ETCDCTL_API=3 etcdctl --endpoints "$EPS" endpoint status -w simple | awk -F', ' '$5 == "true" { print NR - 1 }')
 [[ -n $L ]] || { echo "trace-a.sh: no leader found" >&2; exit 1; }
