@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# bench/pair.sh: compare two Cairn builds fairly on a noisy host. Both
-# builds' 3-member clusters run side by side on loopback, and etcd's
-# benchmark tool alternates between them (A B, B A, A B, ...), so that
-# whatever the host does during the comparison falls on both. Prints each
-# round (throughput, p50, p99, server CPU per request) and the medians,
-# and in how many rounds B was faster. Successive single runs on the
-# shared hosts this project runs on differ by more than most changes do;
-# see docs/performance.md.
+# bench/pair.sh: compare two Cairn builds fairly on a noisy host. Each
+# round starts both builds' 3-member clusters side by side on loopback,
+# fresh, and runs etcd's benchmark tool against one and then the other
+# (A B, then B A, ...), so that whatever the host does during the
+# comparison falls on both. Fresh clusters every round, because a
+# cluster can keep an advantage or a handicap for its whole life (seen:
+# the same two builds compared 5 of 6 rounds one way on one pair of
+# clusters and 9 of 10 the other way on the next). Prints each round
+# (throughput, p50, p99, server CPU per request), the medians, and in how
+# many rounds B was faster. Successive single runs on the shared hosts
+# this project runs on differ by more than most changes do; see
+# docs/performance.md.
 #
 #   bench/pair.sh [--rounds N] [--clients N] [--total N] BINARY_A BINARY_B
 #
@@ -27,7 +31,7 @@ while (($#)); do
 	--rounds) ROUNDS=$2; shift ;;
 	--clients) CLIENTS=$2; shift ;;
 	--total) TOTAL=$2; shift ;;
-	-h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	-h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	-*) echo "pair.sh: unknown flag $1 (see --help)" >&2; exit 2 ;;
 	*) BINS+=("$1") ;;
 	esac
@@ -43,12 +47,27 @@ CONNS=$((CLIENTS < 10 ? CLIENTS : 10))
 DATA=$(mktemp -d)
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null || true; sleep 1; rm -rf "$DATA"' EXIT
-mkdir -p "$DATA/A" "$DATA/B"
-start_cairn "${BINS[0]}" "$DATA/A" 24379
-EPS_A=$EPS PIDS_A=("${PIDS[@]}")
-start_cairn "${BINS[1]}" "$DATA/B" 25379
-EPS_B=$EPS PIDS_B=("${PIDS[@]:3}")
 HZ=$(getconf CLK_TCK)
+
+# start_both: fresh clusters for both builds.
+start_both() {
+	rm -rf "$DATA/A" "$DATA/B"
+	mkdir -p "$DATA/A" "$DATA/B"
+	PIDS=()
+	start_cairn "${BINS[0]}" "$DATA/A" 24379
+	EPS_A=$EPS PIDS_A=("${PIDS[@]}")
+	start_cairn "${BINS[1]}" "$DATA/B" 25379
+	EPS_B=$EPS PIDS_B=("${PIDS[@]:3}")
+}
+
+stop_both() {
+	kill "${PIDS[@]}" 2>/dev/null || true
+	local p
+	for p in "${PIDS[@]}"; do
+		while kill -0 "$p" 2>/dev/null; do sleep 0.1; done
+	done
+	PIDS=()
+}
 
 run() { # A|B -> "qps p50_ms p99_ms cpu_us_per_request"
 	local eps pids c0 c1 out=$DATA/bench.out
@@ -67,11 +86,13 @@ printf 'round  build  QPS      p50 ms  p99 ms  server CPU us/req\n'
 : >"$DATA/results"
 for ((r = 1; r <= ROUNDS; r++)); do
 	if ((r % 2)); then order="A B"; else order="B A"; fi
+	start_both
 	for x in $order; do
 		read -r q p50 p99 cpu < <(run "$x")
 		printf '%-6d %-6s %-8s %-7s %-7s %s\n' "$r" "$x" "$q" "$p50" "$p99" "$cpu"
 		echo "$r $x $q $p50 $p99 $cpu" >>"$DATA/results"
 	done
+	stop_both
 done
 awk -v a="${BINS[0]}" -v b="${BINS[1]}" '
 	function median(v, n,   i, j, t) {
