@@ -208,7 +208,9 @@ func (g *group) proposeInPlace(ctx context.Context, kind byte, buf []byte) (any,
 	}
 	for {
 		// The loop tells handed only of a failure to hand the entry
-		// on; success shows as the entry's result on ch.
+		// on; success shows as the entry's result on ch. SubmitAsync
+		// waits (on ctx alone) only while the proposal queue is full,
+		// when the loop is behind by hundreds of proposals.
 		if err := g.node.SubmitAsync(ctx, data, handed); err != nil {
 			g.s.metrics.proposalsFailed.Inc()
 			return nil, g.mapError(ctx, err)
