@@ -3,9 +3,6 @@ package server
 import (
 	"context"
 	"encoding/binary"
-	"fmt"
-	"path/filepath"
-	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -42,23 +39,14 @@ func BenchmarkSession(b *testing.B) {
 // process: concurrent puts (8-byte keys, 256-byte values) spread over the
 // members of a three-member cluster, most of them forwarded by a
 // follower. It reports the process's CPU per put (servers and clients
-// together) besides allocations: comparing two builds this way is
-// steadier than comparing throughput on a shared host.
+// together) besides allocations. Allocations per put compare two builds
+// exactly; CPU per put here moves with the host as much as
+// bench/compare.sh's does (bench/pair.sh compares builds fairly).
 func BenchmarkPutThreeMembers(b *testing.B) {
-	base := b.TempDir()
-	var cfgs []Config
-	var parts []string
-	for i := range 3 {
-		c := testConfig(b, filepath.Join(base, fmt.Sprint("m", i+1)))
-		c.Name = fmt.Sprint("m", i+1)
-		c.ClusterToken = "bench-put"
-		c.TickInterval = 100 * time.Millisecond
-		cfgs = append(cfgs, c)
-		parts = append(parts, c.Name+"="+c.ListenPeer)
-	}
+	cfgs := threeMembers(b, "bench-put")
 	var clients []pb.KVClient
 	for i := range cfgs {
-		cfgs[i].InitialCluster = strings.Join(parts, ",")
+		cfgs[i].TickInterval = 100 * time.Millisecond
 		s := start(b, cfgs[i])
 		kv, _ := rawKV(b, s.ClientAddr())
 		clients = append(clients, kv)

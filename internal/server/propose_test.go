@@ -16,19 +16,9 @@ import (
 // and it succeeds, without the client retrying, when a leader appears
 // within that time.
 func TestWriteWaitsForLeader(t *testing.T) {
-	base := t.TempDir()
-	var cfgs []Config
-	var parts []string
-	for i := range 3 {
-		c := testConfig(t, filepath.Join(base, fmt.Sprint("m", i+1)))
-		c.Name = fmt.Sprint("m", i+1)
-		c.ClusterToken = "wait-leader"
-		c.RequestTimeout = 400 * time.Millisecond
-		cfgs = append(cfgs, c)
-		parts = append(parts, c.Name+"="+c.ListenPeer)
-	}
+	cfgs := threeMembers(t, "wait-leader")
 	for i := range cfgs {
-		cfgs[i].InitialCluster = strings.Join(parts, ",")
+		cfgs[i].RequestTimeout = 400 * time.Millisecond
 	}
 	// One member of three: no quorum, so no leader.
 	s1 := start(t, cfgs[0])
@@ -61,4 +51,23 @@ func TestWriteWaitsForLeader(t *testing.T) {
 	if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "v2" {
 		t.Fatalf("range after the put: %v %v", resp, err)
 	}
+}
+
+// threeMembers returns the configs of a fresh three-member cluster, data
+// under a temporary directory, each member listing the others.
+func threeMembers(t testing.TB, token string) []Config {
+	base := t.TempDir()
+	var cfgs []Config
+	var parts []string
+	for i := range 3 {
+		c := testConfig(t, filepath.Join(base, fmt.Sprint("m", i+1)))
+		c.Name = fmt.Sprint("m", i+1)
+		c.ClusterToken = token
+		cfgs = append(cfgs, c)
+		parts = append(parts, c.Name+"="+c.ListenPeer)
+	}
+	for i := range cfgs {
+		cfgs[i].InitialCluster = strings.Join(parts, ",")
+	}
+	return cfgs
 }
