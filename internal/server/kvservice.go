@@ -208,10 +208,8 @@ func (g *group) proposeInPlace(ctx context.Context, kind byte, buf []byte) (any,
 	}
 	for {
 		// The loop tells handed only of a failure to hand the entry
-		// on; success shows as the entry's result on ch. SubmitAsync
-		// waits (on ctx alone) only while the proposal queue is full,
-		// when the loop is behind by hundreds of proposals.
-		if err := g.node.SubmitAsync(ctx, data, handed); err != nil {
+		// on; success shows as the entry's result on ch.
+		if err := g.submit(ctx, deadline, data, handed); err != nil {
 			g.s.metrics.proposalsFailed.Inc()
 			return nil, g.mapError(ctx, err)
 		}
@@ -243,6 +241,19 @@ func (g *group) proposeInPlace(ctx context.Context, kind byte, buf []byte) (any,
 		g.s.metrics.proposalsFailed.Inc()
 		return nil, g.mapError(ctx, failed.err)
 	}
+}
+
+// submit queues data for the Raft loop. The queue almost always has
+// room; only when it is full does the write wait for room, until
+// deadline, under a derived context (which costs allocations every write
+// would otherwise pay).
+func (g *group) submit(ctx context.Context, deadline time.Time, data []byte, handed func(error)) error {
+	if g.node.TrySubmitAsync(data, handed) {
+		return nil
+	}
+	wctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	return g.node.SubmitAsync(wctx, data, handed)
 }
 
 // waitLeader waits, until deadline, for a leader to be known, and then a

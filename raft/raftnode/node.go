@@ -377,6 +377,23 @@ func (n *Node) SubmitAsync(ctx context.Context, data []byte, handed func(error))
 	return n.enqueueProposal(ctx, &proposalReq{data: data, forward: true, handed: handed})
 }
 
+// TrySubmitAsync is SubmitAsync that never waits: it reports false, and
+// queues nothing, when the proposal queue is full or the node has
+// stopped.
+func (n *Node) TrySubmitAsync(data []byte, handed func(error)) bool {
+	select {
+	case <-n.donec:
+		return false
+	default:
+	}
+	select {
+	case n.propc <- &proposalReq{data: data, forward: true, handed: handed}:
+		return true
+	default:
+		return false
+	}
+}
+
 // ProposeConfChange proposes a membership change and waits until it is
 // applied here.
 func (n *Node) ProposeConfChange(ctx context.Context, cc raft.ConfChange) (uint64, error) {

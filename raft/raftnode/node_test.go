@@ -505,3 +505,44 @@ func TestReadWaitsForApplyWithoutTicks(t *testing.T) {
 		}
 	}
 }
+
+// TestSubmitAsync checks the non-waiting submissions: SubmitAsync and
+// TrySubmitAsync on a follower are forwarded and applied, handed hears
+// nil, and a stopped node takes nothing.
+func TestSubmitAsync(t *testing.T) {
+	c := newCluster(t, 3)
+	ctx := ctxT(t)
+	ld := c.leader(ctx)
+	c.put(ctx, "a", "1")
+	var f *Node
+	for id, nd := range c.nodes {
+		if id != ld.ID() {
+			f = nd
+			break
+		}
+	}
+	if _, err := f.WaitLeader(ctx); err != nil {
+		t.Fatal(err)
+	}
+	handed := make(chan error, 2)
+	if err := f.SubmitAsync(ctx, []byte("async=1"), func(err error) { handed <- err }); err != nil {
+		t.Fatalf("SubmitAsync: %v", err)
+	}
+	if !f.TrySubmitAsync([]byte("try=1"), func(err error) { handed <- err }) {
+		t.Fatal("TrySubmitAsync on a running node with an empty queue took nothing")
+	}
+	for range 2 {
+		if err := <-handed; err != nil {
+			t.Fatalf("handed: %v", err)
+		}
+	}
+	for c.linearizableGet(ctx, ld.ID(), "async") != "1" || c.linearizableGet(ctx, ld.ID(), "try") != "1" {
+		if ctx.Err() != nil {
+			t.Fatal("submitted entries never applied")
+		}
+	}
+	f.Stop()
+	if f.TrySubmitAsync([]byte("late=1"), func(error) {}) {
+		t.Fatal("TrySubmitAsync on a stopped node took the proposal")
+	}
+}
