@@ -32,14 +32,9 @@ type envelope struct {
 }
 
 // envelopeRoom is the most bytes an envelope's header takes. A payload
-// built with that much room in front of it is wrapped in place
-// (wrapInPlace) instead of copied.
+// is built with that much room in front of it and wrapped in place
+// (wrapInPlace), not copied.
 const envelopeRoom = 1 + 2*binary.MaxVarintLen64
-
-func (e envelope) marshal() []byte {
-	b := make([]byte, envelopeRoom, envelopeRoom+len(e.payload))
-	return e.wrapInPlace(append(b, e.payload...))
-}
 
 // wrapInPlace returns the envelope's encoding for a buf that holds
 // envelopeRoom free bytes followed by the payload (e.payload is
