@@ -222,6 +222,15 @@ rss_mib() { # system: sum of VmRSS of the 3 members, MiB
 
 load_avg() { cut -d' ' -f1-3 /proc/loadavg; }
 
+# children_cpu_s FILE: user+system CPU seconds of the children this shell
+# has waited for, from the output of bash's `times` saved in FILE (its
+# second line). The difference across a run is the benchmark tool's own
+# CPU. `times` itself must run in this shell, not in a command
+# substitution, which would report the subshell's children.
+children_cpu_s() {
+	awk 'NR == 2 { n = 0; for (i = 1; i <= 2; i++) { split($i, p, "m"); sub("s", "", p[2]); n += p[1] * 60 + p[2] } printf "%.3f", n }' "$1"
+}
+
 cpu_ticks() { # system: user+system CPU ticks of the 3 members so far
 	local sys=$1 i total=0 t
 	for i in 0 1 2; do
@@ -268,8 +277,9 @@ run_bench() { # id system rep args...
 	local f="$OUT/raw/$id.$sys.$rep"
 	before=$(load_avg)
 	start_profiles "$id" "$sys" "$rep"
-	local t0 t1
+	local t0 t1 c0 c1
 	t0=$(cpu_ticks "$sys")
+	times >"$f.times0"
 	echo "benchmark --precise --endpoints $(eps_of "$sys") $*" >"$f.cmd"
 	# In the background and waited for, so a signal runs the trap at once
 	# and cleanup can end it (BENCH_PID); --foreground keeps it in our
@@ -279,7 +289,13 @@ run_bench() { # id system rep args...
 	wait "$BENCH_PID" || rc=$?
 	BENCH_PID=""
 	t1=$(cpu_ticks "$sys")
-	printf '%s.%s.%s\t%s\n' "$id" "$sys" "$rep" "$(awk -v a="$t0" -v b="$t1" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", (b-a)/hz}')" >>"$OUT/cpu.tsv"
+	times >"$f.times1"
+	c0=$(children_cpu_s "$f.times0")
+	c1=$(children_cpu_s "$f.times1")
+	rm -f "$f.times0" "$f.times1"
+	# cpu.tsv: run, the 3 servers' CPU seconds, the benchmark tool's.
+	printf '%s.%s.%s\t%s\t%s\n' "$id" "$sys" "$rep" "$(awk -v a="$t0" -v b="$t1" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", (b-a)/hz}')" \
+		"$(awk -v a="$c0" -v b="$c1" 'BEGIN {printf "%.2f", b-a}')" >>"$OUT/cpu.tsv"
 	((${#PROF_PIDS[@]} == 0)) || wait "${PROF_PIDS[@]}" || log "a profile of $id on $sys failed"
 	((rc != 124)) || log "$id on $sys (rep $rep) timed out after $RUN_TIMEOUT s"
 	after=$(load_avg)

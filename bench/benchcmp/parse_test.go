@@ -3,6 +3,8 @@ package main
 import (
 	"errors"
 	"math"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -60,5 +62,47 @@ func TestMedianAndTargets(t *testing.T) {
 	finishRow(&row)
 	if row.Met != "no" { // throughput met, p99 not
 		t.Errorf("Met = %q, want no (ratios %v)", row.Met, row.Ratios)
+	}
+}
+
+// TestReportCPU reads cpu.tsv in both shapes: servers' CPU only (results
+// written before the tool's CPU was recorded) and servers' plus tool's.
+func TestReportCPU(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, text string) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(dir, name)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("workloads.tsv", "b\tb. put\t--clients 100\n")
+	write("raw/b.etcd.1.out", sample) // 812.25/s for 2.5 s: 2030.625 requests
+	write("raw/b.cairn.1.out", sample)
+	write("cpu.tsv", "b.etcd.1\t0.40610\nb.cairn.1\t0.20306\t0.10153\n")
+	rep, err := buildReport(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	row := rep.Rows[0]
+	near := func(got, want float64) bool { return math.Abs(got-want) < 0.5 }
+	if got := row.Cells["etcd"]["cpu_us"].Median; !near(got, 200) {
+		t.Errorf("etcd server CPU/op = %v, want 200", got)
+	}
+	if got := row.Cells["cairn"]["cpu_us"].Median; !near(got, 100) {
+		t.Errorf("cairn server CPU/op = %v, want 100", got)
+	}
+	if got := row.Cells["cairn"]["tool_us"].Median; !near(got, 50) {
+		t.Errorf("cairn tool CPU/op = %v, want 50", got)
+	}
+	if c := row.Cells["etcd"]["tool_us"]; len(c.Values) != 0 {
+		t.Errorf("etcd tool CPU/op = %v, want none (two-column line)", c.Values)
+	}
+	var b strings.Builder
+	writeTable(&b, rep)
+	if !strings.Contains(b.String(), "Cairn tool us/op") {
+		t.Errorf("table has no tool CPU column:\n%s", b.String())
 	}
 }

@@ -33,7 +33,12 @@ type Run struct {
 	Result
 	ServerCPUS float64 `json:"server_cpu_s"` // CPU time of the 3 members during the run
 	CPUUSPerOp float64 `json:"server_cpu_us_per_op"`
-	File       string  `json:"file"`
+	// The benchmark tool's own CPU: on a 2-core machine what the tool
+	// takes is not available to the servers, and it differs between
+	// systems when their replies cost the client different work.
+	ToolCPUS    float64 `json:"tool_cpu_s,omitempty"`
+	ToolUSPerOp float64 `json:"tool_cpu_us_per_op,omitempty"`
+	File        string  `json:"file"`
 }
 
 // MemRun is one line of mem.tsv: workload (f) for one system.
@@ -113,10 +118,16 @@ func buildReport(dir string) (*Report, error) {
 		rep.Load = append(rep.Load, strings.Split(l, "\t"))
 	})
 
-	cpu := map[string]float64{}
+	// cpu.tsv: run, servers' CPU seconds[, the tool's CPU seconds] (the
+	// third column since 2026-12-01's session 8).
+	cpu, tool := map[string]float64{}, map[string]float64{}
 	_ = readLines(filepath.Join(dir, "cpu.tsv"), func(l string) {
-		if k, v, ok := strings.Cut(l, "\t"); ok {
-			cpu[k], _ = strconv.ParseFloat(v, 64)
+		f := strings.Split(l, "\t")
+		if len(f) >= 2 {
+			cpu[f[0]], _ = strconv.ParseFloat(f[1], 64)
+		}
+		if len(f) >= 3 {
+			tool[f[0]], _ = strconv.ParseFloat(f[2], 64)
 		}
 	})
 
@@ -147,9 +158,15 @@ func buildReport(dir string) (*Report, error) {
 		}
 		rel, _ := filepath.Rel(dir, f)
 		run := Run{Workload: parts[0], System: parts[1], Rep: n, Result: res, File: rel}
-		if c, ok := cpu[strings.Join(parts, ".")]; ok && res.QPS*res.TotalS > 0 {
-			run.ServerCPUS = c
-			run.CPUUSPerOp = c * 1e6 / (res.QPS * res.TotalS)
+		if ops := res.QPS * res.TotalS; ops > 0 {
+			if c, ok := cpu[strings.Join(parts, ".")]; ok {
+				run.ServerCPUS = c
+				run.CPUUSPerOp = c * 1e6 / ops
+			}
+			if c, ok := tool[strings.Join(parts, ".")]; ok && c > 0 {
+				run.ToolCPUS = c
+				run.ToolUSPerOp = c * 1e6 / ops
+			}
 		}
 		rep.Runs = append(rep.Runs, run)
 	}
@@ -169,7 +186,7 @@ func buildReport(dir string) (*Report, error) {
 	}
 
 	for _, w := range rep.Workloads {
-		row := Row{ID: w.ID, Title: w.Title, Metrics: []string{"qps", "p50_ms", "p99_ms", "cpu_us"},
+		row := Row{ID: w.ID, Title: w.Title, Metrics: []string{"qps", "p50_ms", "p99_ms", "cpu_us", "tool_us"},
 			Cells: map[string]map[string]Cell{}, Errors: map[string]int{}}
 		for _, s := range systems {
 			vals := map[string][]float64{}
@@ -182,6 +199,9 @@ func buildReport(dir string) (*Report, error) {
 				vals["p99_ms"] = append(vals["p99_ms"], r.P99MS)
 				if r.CPUUSPerOp > 0 {
 					vals["cpu_us"] = append(vals["cpu_us"], r.CPUUSPerOp)
+				}
+				if r.ToolUSPerOp > 0 {
+					vals["tool_us"] = append(vals["tool_us"], r.ToolUSPerOp)
 				}
 				row.Errors[s] += r.Errors
 			}
@@ -273,6 +293,8 @@ func short(metric string) string {
 		return "restart"
 	case "cpu_us":
 		return "CPU"
+	case "tool_us":
+		return "tool CPU"
 	}
 	return metric
 }
@@ -332,11 +354,12 @@ func fmtRatio(r float64, ok bool) string {
 // median for etcd and Cairn and the Cairn/etcd ratio.
 func writeTable(w io.Writer, rep *Report) {
 	header := []string{"workload", "etcd QPS", "Cairn QPS", "ratio", "etcd p50 ms", "Cairn p50 ms", "ratio",
-		"etcd p99 ms", "Cairn p99 ms", "ratio", "etcd CPU us/op", "Cairn CPU us/op", "ratio", "target (Cairn/etcd)", "met"}
+		"etcd p99 ms", "Cairn p99 ms", "ratio", "etcd CPU us/op", "Cairn CPU us/op", "ratio",
+		"etcd tool us/op", "Cairn tool us/op", "ratio", "target (Cairn/etcd)", "met"}
 	var rows [][]string
 	for _, r := range rep.Rows {
 		line := []string{r.Title}
-		for i := 0; i < 4; i++ {
+		for i := 0; i < 5; i++ {
 			if i >= len(r.Metrics) {
 				line = append(line, "", "", "")
 				continue
@@ -393,7 +416,7 @@ func writeTable(w io.Writer, rep *Report) {
 		notes = append(notes, "f rows: the QPS columns hold RSS MiB after loading, or restart seconds; the p50 columns RSS MiB after the restart")
 	}
 	if len(rep.Rows) > 0 {
-		notes = append(notes, "CPU us/op: user+system CPU of the 3 server processes during the run, divided by the requests (the benchmark tool's own CPU is not counted)")
+		notes = append(notes, "CPU us/op: user+system CPU of the 3 server processes during the run, divided by the requests (the benchmark tool's own CPU is not counted); tool us/op: the benchmark tool's own user+system CPU, divided by the requests")
 	}
 	for _, n := range notes {
 		fmt.Fprintln(w, "\n"+n)
