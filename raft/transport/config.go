@@ -91,8 +91,10 @@ type Config struct {
 	// DialTimeout bounds connecting to a peer plus the handshake, in both
 	// directions. Default 5s.
 	DialTimeout time.Duration
-	// WriteTimeout bounds writing one batch or one snapshot chunk; a
-	// receiving snapshot stream that stays silent this long is aborted.
+	// WriteTimeout bounds writing one batch (a batch gets between 3/4 and
+	// all of it: the deadline is moved only when a quarter has passed) or
+	// one snapshot chunk; a receiving snapshot stream that stays silent
+	// this long is aborted.
 	// Default 10s.
 	WriteTimeout time.Duration
 	// SnapshotAckTimeout bounds how long a sender waits, after the last

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"io"
 	"math/rand/v2"
 	"net"
 	"strings"
@@ -391,4 +392,47 @@ func TestBackoffBounds(t *testing.T) {
 			t.Fatalf("backoff(%d) = %v, want in [%v, %v]", n, d, want/2, want)
 		}
 	}
+}
+
+// A peer that accepts the connection and then stops reading: once the
+// socket buffers are full the batch's write times out (WriteTimeout, whose
+// deadline is moved only now and then), the writer reports the peer
+// unreachable and dials again instead of hanging.
+func TestStalledPeerWriteTimesOut(t *testing.T) {
+	checkNoLeaks(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	conns := make(chan net.Conn, 4)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			var hb [helloSize]byte
+			if _, err := io.ReadFull(c, hb[:]); err != nil {
+				c.Close()
+				continue
+			}
+			r := reply{version: protocolVersion, status: statusOK, cluster: 7, id: 2}
+			rb := r.marshal()
+			c.Write(rb[:])
+			conns <- c // and never read again
+		}
+	}()
+	a := newNode(t, 1, func(c *Config) { c.WriteTimeout = 300 * time.Millisecond })
+	a.tr.AddPeer(2, ln.Addr().String())
+	big := raft.Message{Type: raft.MsgApp, From: 1, To: 2, Term: 1,
+		Entries: []raft.Entry{{Term: 1, Index: 1, Data: make([]byte, 256<<10)}}}
+	first := sendUntil(t, a, big, conns)
+	defer first.Close()
+	if id := sendUntil(t, a, big, a.h.unreachable); id != 2 {
+		t.Fatalf("unreachable report for %d", id)
+	}
+	a.log.waitLog(t, "write to peer 2", "i/o timeout")
+	second := sendUntil(t, a, big, conns)
+	second.Close()
 }
