@@ -186,7 +186,11 @@ func (ms *MemoryStorage) Compact(compactIndex uint64) error {
 		return fmt.Errorf("raft: compact index %d is beyond last index %d", compactIndex, ms.lastIndex())
 	}
 	i := compactIndex - offset
-	ents := make([]Entry, 1, uint64(len(ms.ents))-i)
+	// Keep the capacity: the log grows back by about what was compacted
+	// before the next compaction, and an exact-size slice would be copied
+	// on every growth of a quarter on the way (append's growth for large
+	// slices), four copies of every entry between two compactions.
+	ents := make([]Entry, 1, max(uint64(len(ms.ents))-i, uint64(cap(ms.ents))))
 	ents[0] = Entry{Index: ms.ents[i].Index, Term: ms.ents[i].Term}
 	ents = append(ents, ms.ents[i+1:]...)
 	ms.ents = ents
