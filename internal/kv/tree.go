@@ -194,12 +194,24 @@ func (t *tree) upsert(key []byte) (*kvItem, bool) {
 		t.root.children[0], t.root.children[1] = old, right
 	}
 	n := t.root
+	rightEdge := true // n is the last node of its level: no key above its items
 	for {
 		i, found := search(n.items, pfx, key)
 		if found {
 			return &n.items[i].item, true
 		}
 		if n.children == nil {
+			if rightEdge && i == len(n.items) && len(n.items) == cap(n.items) {
+				// key is above every key in the tree: with keys written
+				// in order (sequence numbers, timestamps) the following
+				// writes land here too until the leaf splits. Growing it
+				// to full size at once instead of nodeGrowth slots at a
+				// time saves three copies of the leaf per split; only
+				// this one leaf of the tree carries the unused room.
+				grown := make([]entry, len(n.items), maxItems)
+				copy(grown, n.items)
+				n.items = grown
+			}
 			n.insertItem(i, entry{pfx: pfx, item: kvItem{key: key}})
 			t.n++
 			return &n.items[i].item, false
@@ -217,6 +229,7 @@ func (t *tree) upsert(key []byte) (*kvItem, bool) {
 				child = right
 			}
 		}
+		rightEdge = rightEdge && child == n.children[len(n.children)-1]
 		n = child
 	}
 }

@@ -2,6 +2,7 @@ package kv
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -261,6 +262,61 @@ func TestAllocSize(t *testing.T) {
 	for n := 1; n <= len(zeros); n++ {
 		if got, want := allocSize(n), cap(append([]byte(nil), zeros[:n]...)); got != want {
 			t.Fatalf("allocSize(%d) = %d, but the runtime gives a %d-byte slice", n, got, want)
+		}
+	}
+}
+
+// BenchmarkTreeInsertAscending inserts keys above every key already in
+// the tree (big-endian sequence numbers), the pattern of time-ordered keys.
+func BenchmarkTreeInsertAscending(b *testing.B) {
+	b.ReportAllocs()
+	t := newTree()
+	for i := 0; i < b.N; i++ {
+		k := binary.BigEndian.AppendUint64(nil, uint64(i))
+		slot, _ := t.upsert(k)
+		*slot = kvItem{key: k}
+	}
+}
+
+// TestTreeAscendingInserts writes keys in increasing order, cloning along
+// the way: the trees stay valid and independent, and only the rightmost
+// leaf carries unused room (every other leaf is the left half of a split,
+// sized to its items plus one).
+func TestTreeAscendingInserts(t *testing.T) {
+	tr := newTree()
+	var m treeModel
+	type saved struct {
+		tr *tree
+		m  treeModel
+	}
+	var clones []saved
+	for i := 0; i < 5000; i++ {
+		it := kvItem{key: treeKey(i), mod: int64(i)}
+		tr.replaceOrInsert(it)
+		m.set(it)
+		if i%700 == 0 {
+			clones = append(clones, saved{tr.clone(), slices.Clone(m)})
+		}
+	}
+	checkTree(t, tr, m)
+	for _, c := range clones {
+		checkTree(t, c.tr, c.m)
+	}
+	var leaves []*node
+	var walk func(n *node)
+	walk = func(n *node) {
+		if n.children == nil {
+			leaves = append(leaves, n)
+			return
+		}
+		for _, c := range n.children {
+			walk(c)
+		}
+	}
+	walk(tr.root)
+	for i, n := range leaves[:len(leaves)-1] {
+		if slack := cap(n.items) - len(n.items); slack > nodeGrowth {
+			t.Errorf("leaf %d of %d holds %d items with room for %d more", i, len(leaves), len(n.items), slack)
 		}
 	}
 }
