@@ -196,7 +196,8 @@ func (g *group) proposeInPlace(ctx context.Context, kind byte, buf []byte) (any,
 	// A timer rather than context.WithTimeout: a derived context costs
 	// allocations and a registration with the parent on every write, and
 	// only the wait below needs the deadline.
-	deadline := time.Now().Add(g.s.cfg.RequestTimeout)
+	start := time.Now()
+	deadline := start.Add(g.s.cfg.RequestTimeout)
 	timer := time.NewTimer(g.s.cfg.RequestTimeout)
 	defer timer.Stop()
 	g.s.metrics.proposals.Inc()
@@ -227,6 +228,9 @@ func (g *group) proposeInPlace(ctx context.Context, kind byte, buf []byte) (any,
 		}
 		failed, ok := res.(submitFailed)
 		if !ok {
+			if kind == kindKV { // not the member's own proposals
+				g.s.metrics.writeDuration.Observe(time.Since(start).Seconds())
+			}
 			return res, nil
 		}
 		// With no leader known (an election in progress, or a member that

@@ -21,6 +21,7 @@ type metrics struct {
 	proposals       prometheus.Counter
 	proposalsFailed prometheus.Counter
 	fsync           prometheus.Histogram
+	writeDuration   prometheus.Histogram
 	snapshotBytes   prometheus.Histogram
 	leaderChanges   prometheus.Counter
 	peerSent        prometheus.Counter
@@ -43,6 +44,9 @@ func newMetrics() *metrics {
 		proposalsFailed: prometheus.NewCounter(prometheus.CounterOpts{Name: "cairn_proposals_failed_total", Help: "Writes that failed or timed out (outcome unknown)."}),
 		fsync: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "cairn_wal_save_duration_seconds", Help: "Time to append a Ready batch to the WAL and fsync it.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}),
+		writeDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "cairn_write_duration_seconds",
+			Help:    "Time from a write's submission to Raft to this member applying it, for writes that succeed (client-facing write latency inside the server).",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}),
 		snapshotBytes: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "cairn_snapshot_bytes", Help: "Size of snapshots taken.",
 			Buckets: prometheus.ExponentialBuckets(1024, 4, 12)}),
 		leaderChanges: prometheus.NewCounter(prometheus.CounterOpts{Name: "cairn_leader_changes_total", Help: "Leader changes seen by this member."}),
@@ -60,7 +64,7 @@ func newMetrics() *metrics {
 	m.shardKeys = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "cairn_shard_group_keys",
 		Help: "Keys held by this member's replica of a shard group, including frozen ones awaiting hand-off."}, []string{"group"})
 	m.reg.MustRegister(m.shardStates, m.shardKeys)
-	m.reg.MustRegister(m.proposals, m.proposalsFailed, m.fsync, m.snapshotBytes, m.leaderChanges, m.peerSent,
+	m.reg.MustRegister(m.proposals, m.proposalsFailed, m.fsync, m.writeDuration, m.snapshotBytes, m.leaderChanges, m.peerSent,
 		m.applied, m.committed, m.lastIndex, m.term, m.isLeader, m.hasLeader, m.keys,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
