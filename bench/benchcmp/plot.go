@@ -19,6 +19,7 @@ var (
 	metricUI = map[string]string{
 		"qps": "throughput, ops/s", "p50_ms": "p50 latency, ms", "p99_ms": "p99 latency, ms",
 		"rss_mib": "RSS MiB loaded", "rss_restart_mib": "RSS MiB restarted", "restart_s": "restart, s", "cpu_us": "server CPU us/op",
+		"tool_us": "tool CPU us/op",
 	}
 )
 
@@ -34,7 +35,7 @@ func writePlot(path string, rep *Report) error {
 		cellH   = 74
 		top     = 64
 		barH    = 18
-		ncols   = 4
+		ncols   = 5
 		margin  = 10
 		valueW  = 90
 		headerH = 22
@@ -53,7 +54,7 @@ func writePlot(path string, rep *Report) error {
 		fillRect(img, lx+i*120, 12, 16, 14, colSys[s])
 		drawText(img, lx+i*120+22, 12, s, scale, colText)
 	}
-	for c, m := range []string{"qps", "p50_ms", "p99_ms", "cpu_us"} {
+	for c, m := range []string{"qps", "p50_ms", "p99_ms", "cpu_us", "tool_us"} {
 		drawText(img, labelW+c*cellW, top, metricUI[m], scale, colText)
 	}
 	y0 := top + headerH
