@@ -21,6 +21,9 @@
 # from the Go module proxy in a scratch module under bench/.cache (not part
 # of this repository). Environment: CAIRN_BENCH_CACHE overrides the cache.
 set -euo pipefail
+# Numbers are read back from bash's `times`, awk and the tool's output:
+# keep the decimal point a point whatever the user's locale.
+export LC_ALL=C
 
 ETCD_MODULE_VERSION=v3.6.8
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
