@@ -3,7 +3,8 @@
 # against a fresh 3-member Cairn cluster on loopback and print, per member,
 # read and write system calls and CPU per put (from /proc/<pid>/io and
 # /proc/<pid>/stat), and puts per WAL save and per peer message (from each
-# member's /metrics, served on its client port + 2). Cairn only; for
+# member's /metrics, served on its client port + 2), and the benchmark
+# tool's own CPU per put. Cairn only; for
 # finding where a put's cost goes, not for comparisons (bench/compare.sh
 # does those). See docs/performance.md.
 #
@@ -53,8 +54,10 @@ counts() { # reads writes cpu-ticks peer-messages wal-saves, one line per member
 	done
 }
 before=$(counts)
+times >"$DATA/times0" # this shell's children's CPU: the tool's, across the run
 "$BENCH" --precise --endpoints "$EPS" --clients "$CLIENTS" --conns 10 put --total "$TOTAL" \
 	--sequential-keys --key-space-size "$TOTAL" --key-size 8 --val-size 256 >"$DATA/bench.out" 2>&1
+times >"$DATA/times1"
 after=$(counts)
 tr '\r' '\n' <"$DATA/bench.out" | grep -E "Requests/sec|50% in|99% in" | tr -s ' \t' ' '
 hz=$(getconf CLK_TCK)
@@ -63,3 +66,5 @@ paste <(echo "$before") <(echo "$after") | awk -v n="$TOTAL" -v hz="$hz" '
 	  R += r; W += w; C += c; F += f; M += m
 	  printf "m%d: reads/put %.3f  writes/put %.3f  CPU/put %.1f us  puts/WAL save %.1f  puts/peer msg %.1f\n", NR - 1, r, w, c, 1 / f, 1 / m }
 	END { printf "all: reads/put %.3f  writes/put %.3f  CPU/put %.1f us  saves/put %.3f  peer msgs/put %.3f\n", R, W, C, F, M }'
+child_s() { awk 'NR == 2 { n = 0; for (i = 1; i <= 2; i++) { split($i, p, "m"); sub("s", "", p[2]); n += p[1] * 60 + p[2] } printf "%.3f", n }' "$1"; }
+awk -v a="$(child_s "$DATA/times0")" -v b="$(child_s "$DATA/times1")" -v n="$TOTAL" 'BEGIN { printf "benchmark tool: CPU/put %.1f us\n", (b - a) * 1e6 / n }'

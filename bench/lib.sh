@@ -4,6 +4,10 @@
 # reading the servers' CPU time. Sourced, not run; the caller sets
 # ROOT, CACHE and NAME (its own name, for messages) first.
 
+# Numbers are read back from awk and bash's `times`: a decimal point,
+# whatever the user's locale.
+export LC_ALL=C
+
 # need_tools: the benchmark tool (built by compare.sh), etcdctl and curl,
 # or a message naming what to install. Sets BENCH.
 need_tools() {
