@@ -234,6 +234,12 @@ children_cpu_s() {
 	awk 'NR == 2 { n = 0; for (i = 1; i <= 2; i++) { split($i, p, "m"); sub("s", "", p[2]); n += p[1] * 60 + p[2] } printf "%.3f", n }' "$1"
 }
 
+HZ=$(getconf CLK_TCK) # clock ticks per second, the unit of /proc/<pid>/stat's CPU times
+
+# seconds_between A B [PER_SECOND]: (B - A) / PER_SECOND (default 1), to
+# two decimals.
+seconds_between() { awk -v a="$1" -v b="$2" -v hz="${3:-1}" 'BEGIN {printf "%.2f", (b-a)/hz}'; }
+
 cpu_ticks() { # system: user+system CPU ticks of the 3 members so far
 	local sys=$1 i total=0 t
 	for i in 0 1 2; do
@@ -282,15 +288,14 @@ other_sys() { if [[ $1 == etcd ]]; then echo cairn; else echo etcd; fi; }
 # 100,000 entries, Cairn's every 10,000, backend commits) does not take
 # CPU from the other's next run.
 settle() {
-	local i a b hz
-	hz=$(getconf CLK_TCK)
+	local i a b
 	for ((i = 0; i < 30; i++)); do
 		a=$(($(cpu_ticks etcd) + $(cpu_ticks cairn)))
 		sleep 1
 		b=$(($(cpu_ticks etcd) + $(cpu_ticks cairn)))
-		((20 * (b - a) < hz)) && return 0
+		((20 * (b - a) < HZ)) && return 0
 	done
-	log "the clusters were still busy after 30 s (last second: $(((b - a) * 1000 / hz)) ms of CPU); running anyway"
+	log "the clusters were still busy after 30 s (last second: $(((b - a) * 1000 / HZ)) ms of CPU); running anyway"
 }
 
 run_bench() { # id system rep args...
@@ -321,9 +326,8 @@ run_bench() { # id system rep args...
 	rm -f "$f.times0" "$f.times1"
 	# cpu.tsv: run, the 3 servers' CPU seconds, the benchmark tool's, and
 	# the other (idle) cluster's during the run.
-	printf '%s.%s.%s\t%s\t%s\t%s\n' "$id" "$sys" "$rep" "$(awk -v a="$t0" -v b="$t1" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", (b-a)/hz}')" \
-		"$(awk -v a="$c0" -v b="$c1" 'BEGIN {printf "%.2f", b-a}')" \
-		"$(awk -v a="$o0" -v b="$o1" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", (b-a)/hz}')" >>"$OUT/cpu.tsv"
+	printf '%s.%s.%s\t%s\t%s\t%s\n' "$id" "$sys" "$rep" "$(seconds_between "$t0" "$t1" "$HZ")" \
+		"$(seconds_between "$c0" "$c1")" "$(seconds_between "$o0" "$o1" "$HZ")" >>"$OUT/cpu.tsv"
 	((${#PROF_PIDS[@]} == 0)) || wait "${PROF_PIDS[@]}" || log "a profile of $id on $sys failed"
 	((rc != 124)) || log "$id on $sys (rep $rep) timed out after $RUN_TIMEOUT s"
 	after=$(load_avg)
