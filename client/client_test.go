@@ -5,11 +5,11 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"net"
 	"testing"
 	"time"
 
 	"github.com/cairn-db/cairn/client"
+	"github.com/cairn-db/cairn/internal/netutil"
 	"github.com/cairn-db/cairn/internal/server"
 )
 
@@ -31,13 +31,17 @@ func startServer(t *testing.T) *server.Server {
 	return s
 }
 
+// testPorts hands out the addresses of this package's test servers: the
+// kernel can repeat a just-probed port, and one cluster must not get it twice.
+var testPorts netutil.Picker
+
 func freeAddr(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	t.Helper()
+	addr, err := testPorts.Free()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return addr
 }
 
 func newClient(t *testing.T, cfg client.Config) *client.Client {

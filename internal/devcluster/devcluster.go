@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +15,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/cairn-db/cairn/internal/netutil"
 )
 
 // Options configures a cluster.
@@ -65,6 +66,7 @@ type Cluster struct {
 	opts    Options
 	Members []*Member
 	initial string
+	ports   netutil.Picker // addresses of members without fixed ports
 }
 
 // Start launches the members and returns without waiting for a leader;
@@ -98,10 +100,10 @@ func Start(opts Options) (*Cluster, error) {
 			peer = fmt.Sprintf("127.0.0.1:%d", opts.Ports[i]+1)
 		} else {
 			var err error
-			if client, err = freeAddr(); err != nil {
+			if client, err = c.ports.Free(); err != nil {
 				return nil, err
 			}
-			if peer, err = freeAddr(); err != nil {
+			if peer, err = c.ports.Free(); err != nil {
 				return nil, err
 			}
 		}
@@ -119,15 +121,6 @@ func Start(opts Options) (*Cluster, error) {
 		}
 	}
 	return c, nil
-}
-
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
 }
 
 // Endpoints returns every member's client address.
@@ -197,11 +190,11 @@ func (c *Cluster) Restart(i int) error {
 // running cluster: call the cluster's MemberAdd with its PeerAddr, then
 // Restart(i) to start it. It returns the new member's index.
 func (c *Cluster) AddMember() (int, error) {
-	client, err := freeAddr()
+	client, err := c.ports.Free()
 	if err != nil {
 		return 0, err
 	}
-	peer, err := freeAddr()
+	peer, err := c.ports.Free()
 	if err != nil {
 		return 0, err
 	}

@@ -32,6 +32,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/cairn-db/cairn/internal/netutil"
 	"github.com/cairn-db/cairn/raft/wal"
 )
 
@@ -58,14 +59,17 @@ func (l *testLog) String() string {
 	return l.buf.String()
 }
 
+// testPorts hands out the addresses of this package's test servers: the
+// kernel can repeat a just-probed port, and one cluster must not get it twice.
+var testPorts netutil.Picker
+
 func freeAddr(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := testPorts.Free()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return addr
 }
 
 // testConfig returns the config of a one-member cluster in dir with fast

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -23,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/cairn-db/cairn/client"
+	"github.com/cairn-db/cairn/internal/netutil"
 )
 
 // Helpers for the sharded end-to-end tests (docs/sharding.md). They start
@@ -130,14 +130,17 @@ func startShardSet(t *testing.T, prefix string, n int, token string, role ...str
 	return s
 }
 
+// testPorts hands out the addresses of this package's test servers: the
+// kernel can repeat a just-probed port, and one cluster must not get it twice.
+var testPorts netutil.Picker
+
 func freeLoopback(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := testPorts.Free()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return addr
 }
 
 // start (re)starts process i from its data dir.

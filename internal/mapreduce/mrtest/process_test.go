@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +17,7 @@ import (
 	"github.com/cairn-db/cairn/internal/mapreduce/mrcli"
 	"github.com/cairn-db/cairn/internal/mapreduce/sched"
 	"github.com/cairn-db/cairn/internal/mapreduce/wire"
+	"github.com/cairn-db/cairn/internal/netutil"
 )
 
 // helperEnv marks a re-executed test binary that must act as the mr
@@ -75,13 +75,17 @@ func process(t *testing.T, args ...string) *exec.Cmd {
 	return cmd
 }
 
+// testPorts hands out the addresses of this package's test servers: the
+// kernel can repeat a just-probed port, and one cluster must not get it twice.
+var testPorts netutil.Picker
+
 func freeAddr(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	t.Helper()
+	addr, err := testPorts.Free()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return addr
 }
 
 // `run` with real worker processes, which crash (exit 3) at random points
