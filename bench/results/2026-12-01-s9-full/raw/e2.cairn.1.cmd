@@ -1,0 +1,1 @@
+benchmark --precise --endpoints 127.0.0.1:24379,127.0.0.1:24389,127.0.0.1:24399 --clients 100 --conns 10 stm --total 20000 --keys 50000 --keys-per-txn 1 --txn-wr-percent 100 --isolation r --val-size 256
