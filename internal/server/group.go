@@ -44,6 +44,10 @@ type group struct {
 	// payload (a shard group's entry kind).
 	wrapKV func([]byte) []byte
 
+	// applyBacklog is node.ApplyBacklog; tests replace it to see a
+	// member whose state machine has fallen behind.
+	applyBacklog func() uint64
+
 	reqIDs atomic.Uint64
 	term   atomic.Uint64
 	done   chan struct{} // closed when the group's goroutines should stop
@@ -151,6 +155,7 @@ func (s *Server) startGroup(spec groupSpec) (_ *group, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("cannot start Raft for %s: %w", spec.label, err)
 	}
+	g.applyBacklog = g.node.ApplyBacklog
 	handler.set(g.node)
 	g.syncPeers(g.sm.memberTable())
 	g.bg.Add(2)

@@ -129,6 +129,14 @@ func session(ctx context.Context) (clientID, seq uint64, err error) {
 	return clientID, seq, nil
 }
 
+// maxApplyBacklog is how many committed entries may wait for this
+// member's state machine before it refuses new writes with etcd's "too
+// many requests" (etcd's own limit). Committed entries wait in memory, so
+// a state machine that falls behind, under more writes than it can
+// apply, would otherwise let them grow without bound. Reads are not
+// refused: they wait for the backlog instead.
+const maxApplyBacklog = 5000
+
 // write replicates a command and waits for this member to apply it.
 func (g *group) write(ctx context.Context, cmd *kv.Command) (*kv.Result, error) {
 	res, _, err := g.writeServed(ctx, cmd)
@@ -141,6 +149,12 @@ func (g *group) writeServed(ctx context.Context, cmd *kv.Command) (*kv.Result, [
 	clientID, seq, err := session(ctx)
 	if err != nil {
 		return nil, nil, err
+	}
+	if g.applyBacklog() > maxApplyBacklog {
+		// Refused before anything is proposed, so the write did not
+		// happen and the client may retry it.
+		g.s.metrics.writesRefused.Inc()
+		return nil, nil, rpctypes.ErrGRPCRequestTooManyRequests
 	}
 	cmd.ClientID, cmd.Seq = clientID, seq
 	cmd.Time = time.Now().UnixNano()

@@ -20,6 +20,7 @@ type metrics struct {
 	reg             *prometheus.Registry
 	proposals       prometheus.Counter
 	proposalsFailed prometheus.Counter
+	writesRefused   prometheus.Counter
 	fsync           prometheus.Histogram
 	writeDuration   prometheus.Histogram
 	snapshotBytes   prometheus.Histogram
@@ -42,6 +43,8 @@ func newMetrics() *metrics {
 		reg:             prometheus.NewRegistry(),
 		proposals:       prometheus.NewCounter(prometheus.CounterOpts{Name: "cairn_proposals_total", Help: "Writes submitted to Raft by this member."}),
 		proposalsFailed: prometheus.NewCounter(prometheus.CounterOpts{Name: "cairn_proposals_failed_total", Help: "Writes that failed or timed out (outcome unknown)."}),
+		writesRefused: prometheus.NewCounter(prometheus.CounterOpts{Name: "cairn_writes_refused_total",
+			Help: "Writes refused with \"too many requests\" because too many committed entries waited to be applied (never proposed)."}),
 		fsync: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "cairn_wal_save_duration_seconds", Help: "Time to append a Ready batch to the WAL and fsync it.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}),
 		writeDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "cairn_write_duration_seconds",
@@ -64,7 +67,7 @@ func newMetrics() *metrics {
 	m.shardKeys = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "cairn_shard_group_keys",
 		Help: "Keys held by this member's replica of a shard group, including frozen ones awaiting hand-off."}, []string{"group"})
 	m.reg.MustRegister(m.shardStates, m.shardKeys)
-	m.reg.MustRegister(m.proposals, m.proposalsFailed, m.fsync, m.writeDuration, m.snapshotBytes, m.leaderChanges, m.peerSent,
+	m.reg.MustRegister(m.proposals, m.proposalsFailed, m.writesRefused, m.fsync, m.writeDuration, m.snapshotBytes, m.leaderChanges, m.peerSent,
 		m.applied, m.committed, m.lastIndex, m.term, m.isLeader, m.hasLeader, m.keys,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m

@@ -7,8 +7,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/cairn-db/cairn/internal/kv"
 )
 
 // TestWriteWaitsForLeader checks the two outcomes of a write sent while no
@@ -101,4 +105,42 @@ func TestWriteDurationMetric(t *testing.T) {
 		return
 	}
 	t.Fatal("no cairn_write_duration_seconds metric")
+}
+
+// TestWritesRefusedWhileApplyLags: past maxApplyBacklog committed entries
+// waiting for the state machine, a write is refused with etcd's "too
+// many requests" before anything is proposed, and counted; once the
+// backlog is down, writes go through again. (raftnode's TestApplyBacklog
+// checks the backlog itself against a held state machine.)
+func TestWritesRefusedWhileApplyLags(t *testing.T) {
+	s := start(t, testConfig(t, t.TempDir()))
+	g := s.main
+	ctx := ctxT(t, 10*time.Second)
+	put := func(k string) error {
+		_, err := g.write(ctx, &kv.Command{Put: &pb.PutRequest{Key: []byte(k), Value: []byte("v")}})
+		return err
+	}
+	if err := put("before"); err != nil {
+		t.Fatal(err)
+	}
+	backlog := uint64(maxApplyBacklog + 1)
+	g.applyBacklog = func() uint64 { return backlog }
+	proposed := testutil.ToFloat64(s.metrics.proposals)
+	err := put("refused")
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "etcdserver: too many requests") {
+		t.Fatalf("write with a backlog of %d: %v, want etcd's too many requests", backlog, err)
+	}
+	if got := testutil.ToFloat64(s.metrics.proposals); got != proposed {
+		t.Fatalf("a refused write was proposed (proposals %v -> %v)", proposed, got)
+	}
+	if got := testutil.ToFloat64(s.metrics.writesRefused); got != 1 {
+		t.Fatalf("cairn_writes_refused_total = %v, want 1", got)
+	}
+	backlog = maxApplyBacklog // at the limit, not past it
+	if err := put("after"); err != nil {
+		t.Fatalf("write at the backlog limit: %v", err)
+	}
+	if res, err := g.kv().Range(&pb.RangeRequest{Key: []byte("refused")}); err != nil || len(res.Kvs) != 0 {
+		t.Fatalf("the refused key: %v, %v; want absent", res, err)
+	}
 }

@@ -156,6 +156,10 @@ type Node struct {
 	appliedBytes int64
 	snapBytes    atomic.Int64
 	applied      atomic.Uint64
+	// handed is the index of the last committed entry handed to the
+	// applier (set by run); handed - applied is the backlog that
+	// ApplyBacklog reports.
+	handed atomic.Uint64
 	// readsWaiting is set while the loop holds reads that wait for the
 	// applied index: only then does the applier wake the loop after a
 	// batch (see completeReads for the ordering that makes this safe).
@@ -316,6 +320,20 @@ func (n *Node) Leader() uint64 { return n.lead.Load() }
 
 // Term returns the current Raft term as last persisted.
 func (n *Node) Term() uint64 { return n.term.Load() }
+
+// ApplyBacklog is the number of committed entries waiting to be applied
+// to the state machine. Entries are applied off the Raft loop, so when
+// the state machine falls behind, committed entries queue in memory
+// without bound; a server can refuse new proposals while the backlog is
+// large (etcd refuses them past 5,000 entries). Always 0 with
+// SyncStorageWrites, which applies on the loop.
+func (n *Node) ApplyBacklog() uint64 {
+	handed, applied := n.handed.Load(), n.applied.Load()
+	if handed <= applied {
+		return 0
+	}
+	return handed - applied
+}
 
 // Err returns the error that stopped the node, if any.
 func (n *Node) Err() error {
@@ -824,6 +842,7 @@ func (n *Node) handleReady() error {
 	// membership after it (Advance has applied it to the core), for the
 	// snapshots the applier takes.
 	if len(rd.CommittedEntries) > 0 {
+		n.handed.Store(rd.CommittedEntries[len(rd.CommittedEntries)-1].Index)
 		job := applyJob{ents: rd.CommittedEntries}
 		for i := range rd.CommittedEntries {
 			if rd.CommittedEntries[i].Type == raft.EntryConfChange {

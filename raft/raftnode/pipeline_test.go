@@ -176,3 +176,47 @@ func TestCommitIndexRidesOnTheNextWrite(t *testing.T) {
 		}
 	}
 }
+
+// TestApplyBacklog: while the leader's state machine is held, the
+// entries it commits queue for the applier and ApplyBacklog counts them;
+// once Apply is released the backlog drains to zero.
+func TestApplyBacklog(t *testing.T) {
+	c := newCluster(t, 3)
+	ctx := ctxT(t)
+	c.put(ctx, "a", "1")
+	ld := c.leader(ctx)
+	if got := ld.ApplyBacklog(); got != 0 {
+		t.Fatalf("backlog %d on an idle leader, want 0", got)
+	}
+	bsm := &blockingSM{kvSM: c.sms[ld.ID()], gate: make(chan struct{})}
+	ld.sm = bsm // swapped while the applier is idle, as in TestSlowApplyDoesNotStallRaft
+	const n = 50
+	for i := range n {
+		if err := ld.Submit(ctx, fmt.Appendf(nil, "k%d=v", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The first entry is inside the held Apply, so at least n-1 wait.
+	waitFor(t, "backlog to reach n-1", func() bool { return ld.ApplyBacklog() >= n-1 })
+	if got := ld.ApplyBacklog(); got > n {
+		t.Fatalf("backlog %d with %d entries held", got, n)
+	}
+	close(bsm.gate)
+	waitFor(t, "backlog to drain", func() bool { return ld.ApplyBacklog() == 0 })
+	if v, _ := c.sms[ld.ID()].get(fmt.Sprintf("k%d", n-1)); v != "v" {
+		t.Fatalf("last held entry not applied after the backlog drained: %q", v)
+	}
+}
+
+// waitFor polls cond until it holds, failing the test after 10 s. For
+// conditions no event announces, such as a counter reaching a value.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
