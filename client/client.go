@@ -160,13 +160,22 @@ func retryable(err error) bool {
 	case codes.Unavailable, codes.DeadlineExceeded:
 		return true
 	}
-	return false
+	return tooManyRequests(err)
+}
+
+// tooManyRequests reports etcd's "too many requests": the member refused
+// the request without proposing it because its state machine had fallen
+// behind, so another member, or the same one a moment later, can take it.
+func tooManyRequests(err error) bool {
+	return rpctypes.ErrorDesc(err) == rpctypes.ErrTooManyRequests.Error()
 }
 
 // notSent reports whether err shows that a write never reached Raft.
 func notSent(err error) bool {
 	switch rpctypes.ErrorDesc(err) {
-	case rpctypes.ErrGRPCNoLeader.Error(), rpctypes.ErrGRPCNotLeader.Error():
+	// ErrorDesc is a status error's message, which is what an
+	// EtcdError's Error returns (a status error's Error adds the code).
+	case rpctypes.ErrNoLeader.Error(), rpctypes.ErrNotLeader.Error(), rpctypes.ErrTooManyRequests.Error():
 		return true
 	}
 	s, ok := status.FromError(err)
@@ -270,9 +279,10 @@ func (c *Client) doKey(ctx context.Context, write bool, key []byte, op func(ctx 
 // isDefinite reports errors that prove the write was not applied by any
 // attempt. A wrong-group answer proves it only for the attempt it
 // answers: an earlier attempt at the shard's old owner may have been
-// applied.
+// applied. So does "too many requests" (an earlier attempt may have
+// timed out after proposing).
 func isDefinite(err error) bool {
-	if isWrongGroup(err) {
+	if isWrongGroup(err) || tooManyRequests(err) {
 		return false
 	}
 	switch status.Code(err) {
