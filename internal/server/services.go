@@ -62,6 +62,47 @@ func (m *maintenanceService) Alarm(ctx context.Context, req *pb.AlarmRequest) (*
 	return resp, nil
 }
 
+// errLeaderTransferTimeout is etcd's answer when the target did not take
+// over in time (the same text; etcd's client library has no variable
+// for it).
+var errLeaderTransferTimeout = status.Error(codes.Unavailable, "etcdserver: request timed out, leader transfer took too long")
+
+// MoveLeader hands the leadership of this member's Raft group to another
+// voting member (Raft's leadership transfer, thesis §3.10), for example
+// before restarting the leader. As in etcd, only the leader takes the
+// request (etcdctl move-leader finds it), and it returns once the target
+// leads, or fails after the request timeout.
+func (m *maintenanceService) MoveLeader(ctx context.Context, req *pb.MoveLeaderRequest) (*pb.MoveLeaderResponse, error) {
+	g := m.s.main
+	if g.node.Leader() != g.id {
+		return nil, rpctypes.ErrGRPCNotLeader
+	}
+	if !slices.Contains(g.node.Status().Config.Voters, req.TargetID) {
+		return nil, rpctypes.ErrGRPCBadLeaderTransferee
+	}
+	tctx, cancel := context.WithTimeout(ctx, m.s.cfg.RequestTimeout)
+	defer cancel()
+	if err := g.node.TransferLeadership(tctx, req.TargetID); err != nil {
+		if ctx.Err() == nil && tctx.Err() != nil {
+			return nil, errLeaderTransferTimeout
+		}
+		return nil, g.mapError(ctx, err)
+	}
+	resp := &pb.MoveLeaderResponse{}
+	g.fillHeader(&resp.Header)
+	return resp, nil
+}
+
+// Defragment succeeds at once: etcd compacts its bbolt file, while
+// Cairn's WAL segments and snapshots are removed as they fall behind the
+// latest snapshot, so there is nothing to give back. Maintenance scripts
+// that defragment every member keep working.
+func (m *maintenanceService) Defragment(ctx context.Context, _ *pb.DefragmentRequest) (*pb.DefragmentResponse, error) {
+	resp := &pb.DefragmentResponse{}
+	m.s.main.fillHeader(&resp.Header)
+	return resp, nil
+}
+
 // clusterService implements etcd's Cluster service over Raft membership.
 type clusterService struct {
 	pb.UnimplementedClusterServer
