@@ -1,6 +1,7 @@
 package server
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -76,4 +77,69 @@ func TestDefragmentSucceeds(t *testing.T) {
 	if resp.Header == nil || resp.Header.MemberId != s.ID() {
 		t.Fatalf("defragment header %v, want this member's", resp.Header)
 	}
+}
+
+// TestHashKV: members that applied the same writes report the same hash
+// at the same revision; a write changes it; revisions other than the
+// current one are refused.
+func TestHashKV(t *testing.T) {
+	cfgs := threeMembers(t, "hashkv")
+	var servers []*Server
+	for _, c := range cfgs {
+		servers = append(servers, start(t, c))
+	}
+	ctx := ctxT(t, 20*time.Second)
+	kv, _ := rawKV(t, servers[0].ClientAddr())
+	for i := range 50 {
+		if _, err := kv.Put(ctx, &pb.PutRequest{Key: fmt.Appendf(nil, "k%02d", i), Value: []byte("v")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Followers apply a moment after the write returns: ask until every
+	// member answers at the same revision.
+	agreed := func() *pb.HashKVResponse {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			var resps []*pb.HashKVResponse
+			for _, s := range servers {
+				r, err := maintenanceClient(t, s.ClientAddr()).HashKV(ctx, &pb.HashKVRequest{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				resps = append(resps, r)
+			}
+			same := true
+			for _, r := range resps[1:] {
+				if r.HashRevision != resps[0].HashRevision {
+					same = false
+				} else if r.Hash != resps[0].Hash {
+					t.Fatalf("members disagree at revision %d: %08x and %08x", r.HashRevision, resps[0].Hash, r.Hash)
+				}
+			}
+			if same {
+				return resps[0]
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("members never reached one revision: %v", resps)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	first := agreed()
+	if first.Header.Revision != first.HashRevision || first.CompactRevision != first.HashRevision {
+		t.Fatalf("header revision %d, hash revision %d, compact revision %d: want all equal", first.Header.Revision, first.HashRevision, first.CompactRevision)
+	}
+	if _, err := kv.Put(ctx, &pb.PutRequest{Key: []byte("k00"), Value: []byte("changed")}); err != nil {
+		t.Fatal(err)
+	}
+	second := agreed()
+	if second.HashRevision <= first.HashRevision || second.Hash == first.Hash {
+		t.Fatalf("after a write: %08x@%d, before %08x@%d", second.Hash, second.HashRevision, first.Hash, first.HashRevision)
+	}
+	mc := maintenanceClient(t, servers[0].ClientAddr())
+	_, err := mc.HashKV(ctx, &pb.HashKVRequest{Revision: second.HashRevision + 100})
+	wantCode(t, "HashKV at a future revision", err, codes.OutOfRange, "future revision")
+	_, err = mc.HashKV(ctx, &pb.HashKVRequest{Revision: 1})
+	wantCode(t, "HashKV at an old revision", err, codes.Unimplemented, "earlier revision")
 }

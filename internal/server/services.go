@@ -93,6 +93,32 @@ func (m *maintenanceService) MoveLeader(ctx context.Context, req *pb.MoveLeaderR
 	return resp, nil
 }
 
+// HashKV answers etcd's HashKV (etcdctl endpoint hashkv) with a hash of
+// every key this member holds, with its value and metadata, at its
+// current revision (kv.Store.Hash): members that report the same revision
+// must report the same hash. Only the current revision can be hashed,
+// since only the latest version of each key is kept; the compact revision
+// is therefore the hash revision. etcd hashes its history as well, so the
+// numbers are comparable between Cairn members only.
+func (m *maintenanceService) HashKV(ctx context.Context, req *pb.HashKVRequest) (*pb.HashKVResponse, error) {
+	store, ok := m.s.main.sm.app.(interface{ Hash() (uint32, int64) })
+	if !ok {
+		return nil, status.Error(codes.Unimplemented, "cairn: HashKV is not supported by the members of a sharded cluster yet")
+	}
+	hash, rev := store.Hash()
+	switch {
+	case req.Revision > rev:
+		return nil, rpctypes.ErrGRPCFutureRev
+	case req.Revision > 0 && req.Revision < rev:
+		return nil, status.Errorf(codes.Unimplemented,
+			"cairn: HashKV at an earlier revision is not supported: only the latest version of each key is kept (requested revision %d, current revision %d)",
+			req.Revision, rev)
+	}
+	resp := &pb.HashKVResponse{Header: &pb.ResponseHeader{Revision: rev}, Hash: hash, CompactRevision: rev, HashRevision: rev}
+	m.s.main.fillHeader(&resp.Header)
+	return resp, nil
+}
+
 // Defragment succeeds at once: etcd compacts its bbolt file, while
 // Cairn's WAL segments and snapshots are removed as they fall behind the
 // latest snapshot, so there is nothing to give back. Maintenance scripts

@@ -496,7 +496,7 @@ func etcdctl(t *testing.T) string {
 
 // TestEtcdctl drives a cluster with etcdctl (the v3 API) and checks its
 // output: put, get, get --prefix, del, txn from stdin, endpoint status,
-// endpoint health, member list, move-leader and defrag.
+// endpoint health, member list, move-leader, endpoint hashkv and defrag.
 func TestEtcdctl(t *testing.T) {
 	bin := etcdctl(t)
 	c := startCluster(t, 3)
@@ -663,6 +663,41 @@ func TestEtcdctl(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("5 s after move-leader %x the members report %+v", target, sts)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// endpoint hashkv: members at the same revision hold the same data.
+	// A follower may answer a moment before it has applied the last
+	// write, at a lower revision, so ask until the revisions agree.
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		var hk []struct {
+			Endpoint string `json:"Endpoint"`
+			HashKV   struct {
+				Header struct {
+					Revision int64 `json:"revision"`
+				} `json:"header"`
+				Hash uint32 `json:"hash"`
+			} `json:"HashKV"`
+		}
+		if err := json.Unmarshal([]byte(must("", "", "endpoint", "hashkv", "-w", "json")), &hk); err != nil {
+			t.Fatal(err)
+		}
+		if len(hk) != 3 {
+			t.Fatalf("endpoint hashkv: %d entries, want 3", len(hk))
+		}
+		same := true
+		for _, h := range hk[1:] {
+			if h.HashKV.Header.Revision != hk[0].HashKV.Header.Revision {
+				same = false
+			} else if h.HashKV.Hash != hk[0].HashKV.Hash || h.HashKV.Hash == 0 {
+				t.Fatalf("endpoint hashkv at revision %d: %+v", h.HashKV.Header.Revision, hk)
+			}
+		}
+		if same {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("endpoint hashkv: revisions never agreed: %+v", hk)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
