@@ -21,15 +21,21 @@ func maintenanceClient(t *testing.T, addr string) pb.MaintenanceClient {
 	return pb.NewMaintenanceClient(cc)
 }
 
+// startThree starts a three-member cluster (threeMembers) in this process.
+func startThree(t *testing.T, token string) []*Server {
+	t.Helper()
+	var servers []*Server
+	for _, c := range threeMembers(t, token) {
+		servers = append(servers, start(t, c))
+	}
+	return servers
+}
+
 // TestMoveLeader: etcd's MoveLeader hands the leadership to the target
 // and returns once it leads; a follower refuses it with "not leader", and
 // a target that is not a voting member is a bad transferee.
 func TestMoveLeader(t *testing.T) {
-	cfgs := threeMembers(t, "move-leader")
-	var servers []*Server
-	for _, c := range cfgs {
-		servers = append(servers, start(t, c))
-	}
+	servers := startThree(t, "move-leader")
 	ctx := ctxT(t, 20*time.Second)
 	byID := map[uint64]*Server{}
 	for _, s := range servers {
@@ -83,11 +89,7 @@ func TestDefragmentSucceeds(t *testing.T) {
 // at the same revision; a write changes it; revisions other than the
 // current one are refused.
 func TestHashKV(t *testing.T) {
-	cfgs := threeMembers(t, "hashkv")
-	var servers []*Server
-	for _, c := range cfgs {
-		servers = append(servers, start(t, c))
-	}
+	servers := startThree(t, "hashkv")
 	ctx := ctxT(t, 20*time.Second)
 	kv, _ := rawKV(t, servers[0].ClientAddr())
 	for i := range 50 {
