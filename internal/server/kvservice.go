@@ -97,8 +97,25 @@ func (k *kvService) Txn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnRespons
 	return res.Txn, nil
 }
 
-func (k *kvService) Compact(context.Context, *pb.CompactionRequest) (*pb.CompactionResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "cairn: compaction is not needed: Cairn keeps only the latest revision of each key")
+// Compact succeeds without doing anything for any revision up to the
+// current one: etcd compacts the history of older versions, and Cairn
+// keeps only the latest version of each key, so there is never history to
+// compact. Tools that compact periodically (etcd's benchmark tool with
+// --compact-interval, Kubernetes' API server) therefore keep working. As
+// in etcd, a revision that does not exist yet is refused; the check
+// follows a linearizable read so that a lagging member does not refuse a
+// revision the cluster has reached. Unlike etcd, compacting again to an
+// already compacted revision also succeeds.
+func (k *kvService) Compact(ctx context.Context, req *pb.CompactionRequest) (*pb.CompactionResponse, error) {
+	if err := k.s.main.linearizableRead(ctx); err != nil {
+		return nil, err
+	}
+	if req.Revision > k.s.main.revision() {
+		return nil, rpctypes.ErrGRPCFutureRev
+	}
+	resp := &pb.CompactionResponse{}
+	k.s.main.fillHeader(&resp.Header)
+	return resp, nil
 }
 
 // checkSize rejects requests over MaxRequestBytes with etcd's error.

@@ -145,3 +145,26 @@ func TestHashKV(t *testing.T) {
 	_, err = mc.HashKV(ctx, &pb.HashKVRequest{Revision: 1})
 	wantCode(t, "HashKV at an old revision", err, codes.Unimplemented, "earlier revision")
 }
+
+// Compaction has nothing to do (only the latest version of each key is
+// kept) and succeeds up to the current revision; the store is unchanged.
+func TestCompactSucceeds(t *testing.T) {
+	s := start(t, testConfig(t, t.TempDir()))
+	kv, _ := rawKV(t, s.ClientAddr())
+	ctx := ctxT(t, 10*time.Second)
+	put, err := kv.Put(ctx, &pb.PutRequest{Key: []byte("k"), Value: []byte("v")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev := put.Header.Revision
+	if _, err := kv.Compact(ctx, &pb.CompactionRequest{Revision: rev, Physical: true}); err != nil {
+		t.Fatalf("compact at the current revision %d: %v", rev, err)
+	}
+	if _, err := kv.Compact(ctx, &pb.CompactionRequest{Revision: rev}); err != nil {
+		t.Fatalf("compact again at %d: %v", rev, err)
+	}
+	got, err := kv.Range(ctx, &pb.RangeRequest{Key: []byte("k")})
+	if err != nil || len(got.Kvs) != 1 || string(got.Kvs[0].Value) != "v" {
+		t.Fatalf("after compaction: %v, %v", got, err)
+	}
+}

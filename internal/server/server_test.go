@@ -285,8 +285,10 @@ func TestBadRequests(t *testing.T) {
 			return err
 		},
 			codes.Unimplemented, "historical reads are not supported"},
-		{"compaction", func() error { _, err := kvc.Compact(ctx, &pb.CompactionRequest{Revision: rev}); return err },
-			codes.Unimplemented, "compaction"},
+		{"compaction to a future revision", func() error {
+			_, err := kvc.Compact(ctx, &pb.CompactionRequest{Revision: rev + 100})
+			return err
+		}, codes.OutOfRange, "required revision is a future revision"},
 		{"malformed session metadata", func() error {
 			mctx := metadata.AppendToOutgoingContext(ctx, mdClientID, "x", mdSeq, "1")
 			_, err := kvc.Put(mctx, &pb.PutRequest{Key: []byte("k000"), Value: []byte("s")})
