@@ -148,4 +148,7 @@ func TestShardedEtcdctlAndRange(t *testing.T) {
 	must(fmt.Sprintf("%d\n", len(keys)), b1, "", "del", "ctl/", "--prefix")
 	must("", a1, "", "get", "ctl/", "--prefix")
 	must("ctm\noutside\n", a1, "", "get", "ctm")
+	// No group keeps history: compaction succeeds and changes nothing.
+	must("compacted revision 1\n", a1, "", "compaction", "1")
+	must("ctm\noutside\n", b1, "", "get", "ctm")
 }
