@@ -652,9 +652,24 @@ func TestEtcdctl(t *testing.T) {
 	if out := must("", "", "move-leader", fmt.Sprintf("%x", target)); !strings.Contains(out, fmt.Sprintf("to %x", target)) {
 		t.Fatalf("move-leader %x printed %q", target, out)
 	}
+	// eventually runs check every 50 ms until it reports done, and fails
+	// the test after 5 s with check's account of what it last saw.
+	eventually := func(what string, check func() (done bool, saw string)) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); ; {
+			done, saw := check()
+			if done {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not within 5 s; last saw %s", what, saw)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
 	// The old leader knew the new one when move-leader returned; the
 	// third member learns it from the new leader's first message.
-	for deadline := time.Now().Add(5 * time.Second); ; {
+	eventually(fmt.Sprintf("every member reporting leader %x after move-leader", target), func() (bool, string) {
 		if err := json.Unmarshal([]byte(must("", "", "endpoint", "status", "-w", "json")), &sts); err != nil {
 			t.Fatal(err)
 		}
@@ -662,18 +677,12 @@ func TestEtcdctl(t *testing.T) {
 		for _, st := range sts {
 			agree = agree && st.Status.Leader == target
 		}
-		if agree {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("5 s after move-leader %x the members report %+v", target, sts)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return agree, fmt.Sprintf("%+v", sts)
+	})
 	// endpoint hashkv: members at the same revision hold the same data.
 	// A follower may answer a moment before it has applied the last
 	// write, at a lower revision, so ask until the revisions agree.
-	for deadline := time.Now().Add(5 * time.Second); ; {
+	eventually("endpoint hashkv at one revision on every member", func() (bool, string) {
 		var hk []struct {
 			Endpoint string `json:"Endpoint"`
 			HashKV   struct {
@@ -697,14 +706,8 @@ func TestEtcdctl(t *testing.T) {
 				t.Fatalf("endpoint hashkv at revision %d: %+v", h.HashKV.Header.Revision, hk)
 			}
 		}
-		if same {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("endpoint hashkv: revisions never agreed: %+v", hk)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return same, fmt.Sprintf("%+v", hk)
+	})
 	// defrag has nothing to do in Cairn; it succeeds on every member.
 	if out := must("", "", "defrag"); strings.Count(out, "Finished defragmenting") != 3 {
 		t.Fatalf("defrag printed %q", out)
